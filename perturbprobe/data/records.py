@@ -1,0 +1,124 @@
+"""Records: a prompt, a response and its correctness label — the input of feature extraction.
+
+JSONL fields (ARCHITECTURE.md): ``id``, ``question_id``, ``messages``, ``response``,
+``label`` (1 correct, 0 incorrect, absent if unknown), ``source`` (``generated``, ``gold``,
+``wrong``), ``grader``, ``paraphrases``; ``category`` when the question has one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._io import write_jsonl
+from ..errors import DatasetError, PairEncodingError
+from ..llm.pairs import validate_messages
+
+__all__ = ["SOURCES", "Record", "read_records", "write_records"]
+
+SOURCES = ("generated", "gold", "wrong")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One (prompt, response) pair with its label and provenance."""
+
+    id: str
+    question_id: str
+    messages: tuple[dict[str, str], ...]
+    response: str
+    label: int | None
+    source: str
+    grader: str | None = None
+    paraphrases: tuple[str, ...] = ()
+    category: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": self.id,
+            "question_id": self.question_id,
+            "messages": [dict(message) for message in self.messages],
+            "response": self.response,
+        }
+        if self.label is not None:
+            row["label"] = self.label
+        row["source"] = self.source
+        row["grader"] = self.grader
+        row["paraphrases"] = list(self.paraphrases)
+        if self.category is not None:
+            row["category"] = self.category
+        row.update(self.extra)
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], where: str = "record") -> Record:
+        """Validate a records row; errors name ``where`` and the field."""
+        if not isinstance(row, dict):
+            raise DatasetError(f"{where}: expected a JSON object")
+        record_id = row.get("id")
+        if not isinstance(record_id, str) or not record_id:
+            raise DatasetError(f"{where}: field 'id' is missing or not a string")
+        where = f"{where} (id {record_id!r})"
+        try:
+            messages = tuple(validate_messages(row.get("messages"), what=where))
+        except PairEncodingError as exc:
+            raise DatasetError(f"field 'messages': {exc}") from exc
+        response = row.get("response")
+        if not isinstance(response, str):
+            raise DatasetError(f"{where}: field 'response' must be a string")
+        label = row.get("label")
+        if label not in (None, 0, 1) or isinstance(label, bool):
+            raise DatasetError(f"{where}: field 'label' must be 0, 1 or absent, got {label!r}")
+        source = row.get("source", "generated")
+        if source not in SOURCES:
+            raise DatasetError(f"{where}: field 'source' must be one of {', '.join(SOURCES)}")
+        known = {"id", "question_id", "messages", "response", "label", "source", "grader"}
+        known |= {"paraphrases", "category"}
+        return cls(
+            id=record_id,
+            question_id=str(row.get("question_id", record_id)),
+            messages=messages,
+            response=response,
+            label=label,
+            source=source,
+            grader=row.get("grader"),
+            paraphrases=tuple(row.get("paraphrases") or ()),
+            category=row.get("category"),
+            extra={key: value for key, value in row.items() if key not in known},
+        )
+
+
+def write_records(path: str | os.PathLike, records: Iterable[Record]) -> Path:
+    """Write records as JSONL, atomically (an interrupted write leaves the old file)."""
+    return write_jsonl(path, (record.to_dict() for record in records))
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    """Read and validate a records JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"records file {path} does not exist; create it with `collect`")
+    records = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{where}: invalid JSON ({exc.msg})") from exc
+            record = Record.from_dict(row, where)
+            if record.id in seen:
+                raise DatasetError(f"{where}: duplicate record id {record.id!r}")
+            seen.add(record.id)
+            records.append(record)
+    if not records:
+        raise DatasetError(f"records file {path} is empty")
+    return records
