@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatasetError",
+    "ExtractionError",
     "ModelLoadError",
     "PairEncodingError",
     "PerturbprobeError",
@@ -29,3 +30,7 @@ class ModelLoadError(PerturbprobeError):
 
 class PairEncodingError(PerturbprobeError, ValueError):
     """A (prompt, response) pair cannot be encoded (empty response, too long, bad messages)."""
+
+
+class ExtractionError(PerturbprobeError, ValueError):
+    """Feature extraction cannot run: a bad family name or option, or an unusable FeatureSet."""
