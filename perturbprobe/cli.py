@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ._version import __version__
-from .errors import PerturbprobeError
+from .errors import ExtractionError, PerturbprobeError
 
 logger = logging.getLogger("perturbprobe")
 
@@ -65,6 +65,7 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
     \b
     Typical flow:
       perturbprobe collect --dataset builtin:easy-qa --out records.jsonl
+      perturbprobe extract --records records.jsonl --out features/
     Run `perturbprobe COMMAND --help` for the options of a command.
     """
     ctx.meta["perturbprobe.debug"] = debug
@@ -138,6 +139,91 @@ def collect(
     data.write_records(out, records)
     _print_accuracy(data.accuracy_table(records), title=f"{examples.name}: {len(records)} records")
     click.echo(f"records written to {out}")
+
+
+@cli.command()
+@_common_model_options
+@click.option(
+    "--records",
+    "-r",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Records JSONL written by `collect`.",
+)
+@click.option(
+    "--families",
+    "-f",
+    default=None,
+    help="Comma-separated feature families  [default: all: baseline,ccps,entropy_dynamics]",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override an extractor option, e.g. --set ccps.radius=10 --set response_end=eot.",
+)
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Skip records that cannot be scored (listed in the manifest) instead of failing.",
+)
+@click.option(
+    "--memory-mb",
+    type=click.FloatRange(min=1),
+    default=256.0,
+    show_default=True,
+    help="Memory budget of the tokens × vocabulary head arithmetic (results do not depend on it).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="FeatureSet directory to write.",
+)
+@click.pass_obj
+def extract(
+    obj,
+    model,
+    device,
+    dtype,
+    records,
+    families,
+    batch_size,
+    overrides,
+    skip_invalid,
+    memory_mb,
+    overwrite,
+    out,
+):
+    """Compute features for records: one teacher-forced pass per batch, every family."""
+    from .data import read_records
+    from .features import ExtractorConfig
+    from .features import extract as run_extract
+
+    items = read_records(records)
+    config = ExtractorConfig.create(families, overrides)  # fail on bad options before loading
+    if out.exists() and not overwrite:
+        raise ExtractionError(f"{out} already exists; choose another --out or pass --overwrite")
+    llm = _load(model, dtype, device)
+    featureset = run_extract(
+        llm,
+        items,
+        config=config,
+        batch_size=batch_size,
+        skip_invalid=skip_invalid,
+        memory_mb=memory_mb,
+        progress=obj["progress"],
+    )
+    featureset.save(out, overwrite=overwrite)
+    counts = featureset.manifest["counts"]
+    click.echo(
+        f"{counts['scored']} records scored ({counts['skipped']} skipped), "
+        f"{len(featureset.schema)} features, {counts['tokens']} tokens → {out}"
+    )
 
 
 @cli.command()

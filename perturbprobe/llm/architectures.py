@@ -58,6 +58,11 @@ class Head:
         """True when ``head(h) = W h + b`` exactly (closed-form Jacobians apply)."""
         return self.softcap is None
 
+    def to(self, dtype: torch.dtype) -> Head:
+        """The same head with weight and bias cast to ``dtype`` (no copy if already so)."""
+        bias = None if self.bias is None else self.bias.detach().to(dtype)
+        return Head(weight=self.weight.detach().to(dtype), bias=bias, softcap=self.softcap)
+
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``(..., V)`` from final hidden states ``(..., D)``, in ``hidden``'s dtype."""
         bias = None if self.bias is None else self.bias.to(hidden.dtype)

@@ -1,0 +1,34 @@
+"""Feature families and the extraction engine.
+
+>>> fs = perturbprobe.features.extract(llm, records, families="baseline,ccps")  # doctest: +SKIP
+>>> fs.X.shape, fs.y.mean()                                                     # doctest: +SKIP
+"""
+
+from .base import AGGREGATES, FamilyOutput, FeatureFamily, PassBatch
+from .baseline import Baseline
+from .ccps import CCPS, CCPSConfig
+from .config import ExtractorConfig
+from .engine import extract
+from .entropy_dynamics import EntropyDynamics, EntropyDynamicsConfig
+from .featureset import FeatureSet
+
+#: Registered families, in default column order.
+FAMILIES: dict[str, type[FeatureFamily]] = {
+    family.name: family for family in (Baseline, CCPS, EntropyDynamics)
+}
+
+__all__ = [
+    "AGGREGATES",
+    "CCPS",
+    "FAMILIES",
+    "Baseline",
+    "CCPSConfig",
+    "EntropyDynamics",
+    "EntropyDynamicsConfig",
+    "ExtractorConfig",
+    "FamilyOutput",
+    "FeatureFamily",
+    "FeatureSet",
+    "PassBatch",
+    "extract",
+]

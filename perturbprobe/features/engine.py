@@ -1,0 +1,211 @@
+"""The extraction engine: records → one teacher-forced pass per batch → every family → FeatureSet.
+
+The engine encodes every record once, batches pairs of similar length (right padding with an
+attention mask), runs the pass once per batch, upcasts the final hidden states to float32,
+hands the shared results to each requested family, aggregates per-token features over each
+response, and checks that no NaN or inf leaves it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .._version import __version__
+from ..data.records import Record
+from ..errors import ExtractionError, PairEncodingError
+from ..llm import LLM, EncodedPair
+from .base import PassBatch, aggregate_tokens
+from .config import ExtractorConfig
+from .featureset import FORMAT_VERSION, FeatureSet
+
+__all__ = ["extract"]
+
+logger = logging.getLogger(__name__)
+
+_FLOATS_PER_VOCAB_ENTRY = 12  # float32 (n, V) buffers alive at once in the head arithmetic
+
+
+def extract(
+    llm: LLM,
+    records: Sequence[Record],
+    *,
+    families: Sequence[str] | str | None = None,
+    config: ExtractorConfig | None = None,
+    overrides: Iterable[str] = (),
+    batch_size: int = 8,
+    skip_invalid: bool = False,
+    memory_mb: float = 256.0,
+    progress: bool = True,
+) -> FeatureSet:
+    """Extract features for ``records`` with one teacher-forced pass per batch.
+
+    Parameters
+    ----------
+    llm : LLM
+    records : sequence of Record
+        E.g. from :func:`perturbprobe.data.read_records`.
+    families : list of str or comma-separated str, optional
+        Feature families to compute; all available ones by default. Ignored if ``config``.
+    config : ExtractorConfig, optional
+        The full configuration (families and options); ``overrides`` apply on top.
+    overrides : iterable of "key=value"
+        E.g. ``["ccps.radius=10", "response_end=eot"]``.
+    batch_size : int
+        Pairs per forward pass. Results do not depend on it.
+    skip_invalid : bool
+        Skip records that cannot be scored (empty response, too long, bad messages) and list
+        them in the manifest, instead of raising.
+    memory_mb : float
+        Budget for the (tokens × vocabulary) head arithmetic; long responses are processed
+        in chunks that fit. Results do not depend on it.
+    progress : bool
+        Show a progress bar over records.
+
+    Returns
+    -------
+    FeatureSet
+
+    Raises
+    ------
+    PairEncodingError
+        A record cannot be scored and ``skip_invalid`` is False (the error names it).
+    """
+    if batch_size < 1:
+        raise ExtractionError(f"batch_size must be >= 1, got {batch_size}")
+    config = (config or ExtractorConfig.create(families)).with_overrides(overrides)
+    family_objects = config.build_families()
+    pairs, skipped = _encode(llm, records, config.response_end, skip_invalid)
+    if not pairs:
+        raise ExtractionError(
+            "no record could be scored: "
+            + "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:3])
+        )
+    head = llm.head.to(torch.float32)
+    vocab = head.weight.shape[0]
+    chunk_tokens = max(1, int(memory_mb * 2**20 // (vocab * 4 * _FLOATS_PER_VOCAB_ENTRY)))
+    columns = [family.columns() for family in family_objects]
+    token_schema = [name for tokens, _ in columns for name in tokens]
+    schema = [name for _, response in columns for name in response]
+
+    order = sorted(pairs, key=lambda index: -len(pairs[index].input_ids))
+    response_rows: dict[int, np.ndarray] = {}
+    token_rows: dict[int, np.ndarray] = {}
+    bar = tqdm(total=len(order), desc="extracting", unit="rec", disable=not progress)
+    with bar:
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = _run_pass(llm, head, [pairs[i] for i in indices], chunk_tokens)
+            tokens, responses = _compute_families(family_objects, batch)
+            per_pair_tokens = torch.split(tokens, batch.lengths.tolist())
+            for row, index in enumerate(indices):
+                response_rows[index] = responses[row].numpy()
+                token_rows[index] = per_pair_tokens[row].numpy()
+            bar.update(len(indices))
+
+    kept = [index for index in range(len(records)) if index in pairs]
+    features = _features_frame(records, kept, schema, response_rows)
+    tokens = _tokens_frame(llm, records, kept, pairs, token_schema, token_rows)
+    _check_finite(features, schema, tokens, token_schema)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "perturbprobe_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "schema": schema,
+        "token_schema": token_schema,
+        "llm": llm.identity(),
+        "counts": {
+            "records": len(records),
+            "scored": len(kept),
+            "skipped": len(skipped),
+            "tokens": len(tokens),
+        },
+        "fallback_records": [records[i].id for i in kept if pairs[i].used_fallback],
+        "skipped": skipped,
+    }
+    return FeatureSet(features=features, tokens=tokens, manifest=manifest)
+
+
+def _encode(llm, records, response_end, skip_invalid):
+    pairs: dict[int, EncodedPair] = {}
+    skipped: list[dict[str, str]] = []
+    for index, record in enumerate(records):
+        try:
+            pairs[index] = llm.encode_pair(
+                record.messages,
+                record.response,
+                response_end=response_end,
+                what=f"record {record.id!r}",
+            )
+        except PairEncodingError as exc:
+            if not skip_invalid:
+                raise PairEncodingError(f"{exc} (use --skip-invalid to skip such records)") from exc
+            skipped.append({"id": record.id, "reason": str(exc)})
+            logger.warning("skipping %s", exc)
+    return pairs, skipped
+
+
+def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int) -> PassBatch:
+    out = llm.teacher_forced(pairs, logits=False)
+    mask = out.response_mask  # (B, T_max)
+    return PassBatch(
+        llm=llm,
+        head=head,
+        final_hidden=out.final_hidden[mask].to(torch.float32),  # (N, D)
+        token_ids=out.response_ids[mask],  # (N,)
+        lengths=out.response_lengths,
+        chunk_tokens=chunk_tokens,
+    )
+
+
+def _compute_families(families, batch: PassBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, n_token_features) and (B, n_features) for one batch, in schema order."""
+    token_parts, response_parts = [], []
+    with torch.no_grad():
+        for family in families:
+            output = family.compute(batch)
+            token_parts.append(output.token_values)
+            if family.aggregate:
+                response_parts.append(aggregate_tokens(batch, output.token_values))
+            response_parts.append(output.response_values)
+    tokens = torch.cat(token_parts, dim=1).cpu()
+    responses = torch.cat(response_parts, dim=1).cpu()
+    return tokens, responses
+
+
+def _features_frame(records, kept, schema, rows) -> pd.DataFrame:
+    values = np.stack([rows[i] for i in kept]) if kept else np.zeros((0, len(schema)))
+    frame = pd.DataFrame(values.astype(np.float32), columns=schema)
+    frame.insert(0, "record_id", [records[i].id for i in kept])
+    frame.insert(1, "question_id", [records[i].question_id for i in kept])
+    frame.insert(2, "label", pd.array([records[i].label for i in kept], dtype="Int64"))
+    return frame
+
+
+def _tokens_frame(llm, records, kept, pairs, token_schema, rows) -> pd.DataFrame:
+    values = np.concatenate([rows[i] for i in kept]).astype(np.float32)
+    frame = pd.DataFrame(values, columns=token_schema)
+    ids = [token for i in kept for token in pairs[i].response_ids]
+    decode = llm.tokenizer.convert_ids_to_tokens
+    frame.insert(0, "record_id", [records[i].id for i in kept for _ in pairs[i].response_ids])
+    frame.insert(1, "token_index", [t for i in kept for t in range(len(pairs[i].response_ids))])
+    frame.insert(2, "token_id", ids)
+    frame.insert(3, "token", decode(ids))
+    return frame
+
+
+def _check_finite(features, schema, tokens, token_schema) -> None:
+    for name, frame, columns in (("features", features, schema), ("tokens", tokens, token_schema)):
+        values = frame[columns].to_numpy()
+        if not np.isfinite(values).all():
+            bad = [c for c in columns if not np.isfinite(frame[c].to_numpy()).all()]
+            raise ExtractionError(
+                f"non-finite {name} values in {', '.join(bad[:5])}: this is a bug, please report it"
+            )
