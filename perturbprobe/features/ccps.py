@@ -17,13 +17,14 @@ steps by ``min, max, mean, std``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ExtractionError
 from .base import FamilyOutput, FeatureFamily, PassBatch
-from .distributions import cosine, js_divergence, kl_divergence, logit_summary
+from .distributions import cosine, logit_summary, rowdot
 
 __all__ = ["CCPS", "CCPSConfig"]
 
@@ -97,80 +98,59 @@ class CCPS(FeatureFamily):
         return names + [f"{metric}_{stat}" for metric in STEP_METRICS for stat in STEP_STATS]
 
     def compute(self, batch: PassBatch) -> FamilyOutput:
-        stats = batch.token_stats
-        original = [
-            stats[key] if key else torch.linalg.vector_norm(batch.final_hidden, dim=-1)
-            for _, key in ORIGINAL_FEATURES
-        ]
-        trajectory = torch.cat(
+        token_values = torch.cat(
             [
-                self.trajectory(batch.head, batch.final_hidden[rows], batch.token_ids[rows])
+                self.token_values(batch.head, batch.final_hidden[rows], batch.token_ids[rows])
                 for rows in batch.head_chunks()
             ]
-        )  # (N, 64)
-        token_values = torch.cat([torch.stack(original, dim=1), trajectory], dim=1)  # (N, 76)
-        return FamilyOutput(
-            self.token_features(), token_values, [], token_values.new_zeros((batch.num_pairs, 0))
-        )
+        )  # (N, 76)
+        no_response_columns = token_values.new_zeros((batch.num_pairs, 0))
+        return FamilyOutput(self.token_features(), token_values, [], no_response_columns)
 
     def radii(self, device=None) -> torch.Tensor:
         """r_k = k·R/S for k = 1..S, shape (S,)."""
         steps = torch.arange(1, self.config.steps + 1, device=device, dtype=torch.float32)
         return steps * (self.config.radius / self.config.steps)
 
-    def trajectory(self, head, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """Trajectory features of a chunk of n tokens.
+    def token_values(self, head, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """The 76 features of a chunk of n tokens, in :meth:`token_features` order.
 
         Parameters
         ----------
         head : Head
+            With float32 weights.
         hidden : Tensor (n, D), float32
         token_ids : LongTensor (n,)
 
         Returns
         -------
-        Tensor (n, 4 + 15·4)
-            ``jacobian_norm, epsilon_to_flip, flipped, pei`` then the step summaries.
+        Tensor (n, 76)
         """
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         z = head(hidden)  # (n, V)
-        log_p = torch.log_softmax(z, dim=-1)  # (n, V)
-        gradient = self.nll_gradient(head, hidden, token_ids, log_p)  # (n, D)
+        original = logit_summary(z, token_ids)
+        log_p = original.pop("log_probs")  # (n, V)
+        p = log_p.exp()
+        gradient = self.nll_gradient(head, hidden, token_ids, p)  # (n, D)
         norm = torch.linalg.vector_norm(gradient, dim=-1)  # (n,)
         degenerate = norm <= _DEGENERATE_NORM
         direction = torch.where(
             degenerate[:, None], 0.0, gradient / norm.clamp_min(_DEGENERATE_NORM)[:, None]
         )  # (n, D), unit or zero
-        logit_step = direction @ head.weight.T if head.is_linear else None  # (n, V): W u
-        original_argmax = z.argmax(dim=-1)
-        log_p_actual = log_p[rows, token_ids]
+        logit_direction = direction @ head.weight.T if head.is_linear else None  # (n, V): W u
+        neg_entropy = -original["entropy"]  # Σ p log p
+        norm_z = original["norm_logits"]
         radii = self.radii(hidden.device)
         per_step = []
         for radius in radii:
             moved = hidden + radius * direction  # (n, D)
-            z_k = z + radius * logit_step if head.is_linear else head(moved)  # (n, V)
-            summary = logit_summary(z_k, token_ids)
-            log_p_k = summary["log_probs"]
+            if logit_direction is not None:
+                z_k = torch.add(z, logit_direction, alpha=float(radius))  # (n, V)
+            else:
+                z_k = head(moved)
             per_step.append(
-                torch.stack(
-                    [
-                        summary["log_prob"],
-                        summary["prob"],
-                        summary["logit"],
-                        log_p_actual - summary["log_prob"],
-                        summary["max_prob"],
-                        summary["max_logit"],
-                        (summary["argmax"] != original_argmax).to(hidden.dtype),
-                        summary["entropy"],
-                        summary["margin_logit"],
-                        summary["norm_logits"],
-                        kl_divergence(log_p, log_p_k),
-                        js_divergence(log_p, log_p_k),
-                        cosine(z, z_k),
-                        cosine(hidden, moved),
-                        torch.linalg.vector_norm(moved - hidden, dim=-1),
-                    ],
-                    dim=1,
+                self._step_metrics(
+                    z, log_p, p, neg_entropy, norm_z, z_k, hidden, moved, rows, token_ids, original
                 )
             )
         steps = torch.stack(per_step, dim=1)  # (n, S, 15)
@@ -191,14 +171,59 @@ class CCPS(FeatureFamily):
             ],
             dim=2,
         )  # (n, 15, 4)
-        head_features = torch.stack([norm, epsilon, flipped.to(hidden.dtype), pei], dim=1)
-        return torch.cat([head_features, summaries.flatten(1)], dim=1)
+        original["norm_hidden"] = torch.linalg.vector_norm(hidden, dim=-1)
+        columns = [original[key or "norm_hidden"] for _, key in ORIGINAL_FEATURES]
+        columns += [norm, epsilon, flipped.to(hidden.dtype), pei]
+        return torch.cat([torch.stack(columns, dim=1), summaries.flatten(1)], dim=1)
 
     @staticmethod
-    def nll_gradient(head, hidden, token_ids, log_p) -> torch.Tensor:
-        """g = ∇_h −log softmax(head(h))_y, (n, D): closed form for a linear head."""
+    def _step_metrics(
+        z, log_p, p, neg_entropy, norm_z, z_k, hidden, moved, rows, token_ids, original
+    ) -> torch.Tensor:
+        """The 15 per-step metrics (n, 15) of the perturbed logits ``z_k`` (n, V).
+
+        Sums over the vocabulary are fused row-wise dot products (:func:`rowdot`): with
+        Σ p log p known, KL(p‖p_k) = Σ p log p − Σ p log p_k and
+        JS = ½(Σ p log p + Σ p_k log p_k) − Σ m log m need one pass each.
+        Float rounding can push them a hair below 0; they are clamped.
+        """
+        log_p_k = torch.log_softmax(z_k, dim=-1)  # (n, V)
+        p_k = log_p_k.exp()
+        neg_entropy_k = rowdot(p_k, log_p_k)  # Σ p_k log p_k
+        log_m = torch.logaddexp(log_p, log_p_k).sub_(math.log(2.0))  # (n, V)
+        m_log_m = 0.5 * (rowdot(p, log_m) + rowdot(p_k, log_m))
+        kl = neg_entropy - rowdot(p, log_p_k)
+        js = 0.5 * (neg_entropy + neg_entropy_k) - m_log_m
+        top_logits, top_ids = torch.topk(z_k, k=2, dim=-1)  # (n, 2)
+        norm_k = torch.linalg.vector_norm(z_k, dim=-1)
+        log_prob = log_p_k[rows, token_ids]
+        return torch.stack(
+            [
+                log_prob,
+                log_prob.exp(),
+                z_k[rows, token_ids],
+                original["log_prob"] - log_prob,
+                (top_logits[:, 0] - torch.logsumexp(z_k, dim=-1)).exp(),
+                top_logits[:, 0],
+                (top_ids[:, 0] != original["argmax"]).to(z.dtype),
+                -neg_entropy_k,
+                top_logits[:, 0] - top_logits[:, 1],
+                norm_k,
+                kl.clamp_min(0.0),
+                js.clamp(0.0, math.log(2.0)),
+                rowdot(z, z_k) / (norm_z * norm_k).clamp_min(1e-8),
+                cosine(hidden, moved),
+                torch.linalg.vector_norm(moved - hidden, dim=-1),
+            ],
+            dim=1,
+        )
+
+    @staticmethod
+    def nll_gradient(head, hidden, token_ids, p) -> torch.Tensor:
+        """g = ∇_h −log softmax(head(h))_y, (n, D): closed form ``Wᵀ(p − e_y)`` for a linear
+        head (``p`` (n, V) are the probabilities), autograd through the head otherwise."""
         if head.is_linear:
-            residual = log_p.exp()  # (n, V): p − e_y after the next line
+            residual = p.clone()  # (n, V): p − e_y after the next line
             residual[torch.arange(hidden.shape[0]), token_ids] -= 1.0
             return residual @ head.weight
         with torch.enable_grad():

@@ -1,0 +1,136 @@
+"""Speed of the `ccps` family against a bare forward pass and the naive per-token way.
+
+On the embedded default LLM, for 32 pairs (~60-token prompts, ~20-token responses):
+
+  (a) a bare teacher-forced forward pass (transformers' model(...), batched, no gradients);
+  (b) perturbprobe's `ccps` family (one forward pass per batch + closed-form head arithmetic);
+  (c) the naive way of the CCPS reference code: per response token a prefix forward pass, one
+      more with autograd for the Jacobian, then S head evaluations and per-feature `.item()`.
+
+Prints seconds per pair and response tokens per second, and the ratios (b)/(a), (c)/(b).
+Targets: (b)/(a) <= 1.3 and (c)/(b) >= 20.
+
+    python benchmarks/extract_speed.py [--pairs 32] [--naive-pairs 8] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+import perturbprobe
+from perturbprobe.data import Record, load_dataset
+from perturbprobe.features import extract
+
+SYSTEM = (
+    "You are a careful assistant who answers general knowledge questions. Give the answer "
+    "first, then one short sentence of explanation. Do not add anything else."
+)
+
+
+def build_records(n: int) -> list[Record]:
+    """n pairs from builtin:easy-qa with a system prompt (~60 tokens) and ~20-token answers."""
+    records = []
+    for example in load_dataset("builtin:easy-qa", limit=n):
+        answer = example.answers[0]
+        response = f"The answer is {answer}. I am quite sure about this, it is a well known fact."
+        messages = ({"role": "system", "content": SYSTEM}, *example.messages)
+        records.append(Record(example.id, example.id, messages, response, 1, "gold"))
+    return records
+
+
+def time_call(function, repeats: int) -> float:
+    """Median wall time of ``function()`` over ``repeats`` runs (after one warm-up)."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_forward(llm, pairs, batch_size: int) -> None:
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            input_ids, attention_mask = llm.pad(pairs[start : start + batch_size])
+            llm.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def naive_ccps(llm, pair, radius: float = 20.0, steps: int = 5) -> list[dict[str, float]]:
+    """The CCPS reference's loop for one pair: 2 forward passes per token + S head calls."""
+    model, head = llm.model, llm.model.get_output_embeddings()
+    prompt, response = list(pair.prompt_ids), list(pair.response_ids)
+    rows = []
+    for t, token in enumerate(response):
+        prefix = torch.tensor([prompt + response[:t]])
+        with torch.no_grad():
+            out = model(input_ids=prefix, output_hidden_states=True)
+        hidden = out.hidden_states[-1][0, -1]
+        logits = out.logits[0, -1]
+        with torch.enable_grad():  # the Jacobian: another forward pass, with autograd
+            grad_out = model(input_ids=prefix, output_hidden_states=True)
+            h = grad_out.hidden_states[-1][0, -1]
+            loss = -torch.log_softmax(head(h), dim=-1)[token]
+            (jacobian,) = torch.autograd.grad(loss, h)
+        direction = jacobian / jacobian.norm()
+        probs = torch.softmax(logits, -1)
+        features = {"orig_prob": probs[token].item(), "jac_norm": jacobian.norm().item()}
+        for k in range(1, steps + 1):
+            perturbed = head(hidden + k * radius / steps * direction)
+            log_q = torch.log_softmax(perturbed, -1)
+            features[f"lp_{k}"] = log_q[token].item()
+            features[f"kl_{k}"] = torch.sum(probs * (torch.log_softmax(logits, -1) - log_q)).item()
+            features[f"ent_{k}"] = -(log_q.exp() * log_q).sum().item()
+            features[f"argmax_{k}"] = perturbed.argmax().item()
+        rows.append(features)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--naive-pairs", type=int, default=8, help="pairs timed for (c)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    llm = perturbprobe.load_llm("default")
+    records = build_records(args.pairs)
+    pairs = [llm.encode_pair(r.messages, r.response) for r in records]
+    prompt_tokens = statistics.mean(len(p.prompt_ids) for p in pairs)
+    response_tokens = sum(len(p.response_ids) for p in pairs)
+    print(f"{llm.name}, {args.pairs} pairs, mean prompt {prompt_tokens:.0f} tokens, "
+          f"mean response {response_tokens / len(pairs):.1f} tokens, batch size "
+          f"{args.batch_size}, torch threads {torch.get_num_threads()}")
+
+    bare = time_call(lambda: bare_forward(llm, pairs, args.batch_size), args.repeats)
+    ours = time_call(
+        lambda: extract(llm, records, families="ccps", batch_size=args.batch_size, progress=False),
+        args.repeats,
+    )
+    subset = pairs[: args.naive_pairs]
+    naive_total = time_call(lambda: [naive_ccps(llm, p) for p in subset], 1)
+    naive = naive_total * len(pairs) / len(subset)  # per-pair cost scaled to all pairs
+
+    rows = [
+        ("(a) bare forward pass", bare),
+        ("(b) perturbprobe ccps", ours),
+        (f"(c) naive per-token ({len(subset)} pairs, scaled)", naive),
+    ]
+    print(f"\n{'method':<40} {'s/pair':>9} {'resp tok/s':>11}")
+    for name, seconds in rows:
+        print(f"{name:<40} {seconds / len(pairs):>9.4f} {response_tokens / seconds:>11.1f}")
+    ratio_ba, ratio_cb = ours / bare, naive / ours
+    print(f"\n(b)/(a) = {ratio_ba:.2f}  (target <= 1.3: {'met' if ratio_ba <= 1.3 else 'MISSED'})")
+    print(f"(c)/(b) = {ratio_cb:.1f}  (target >= 20: {'met' if ratio_cb >= 20 else 'MISSED'})")
+    if not math.isfinite(ratio_cb):
+        raise SystemExit("timing failed")
+
+
+if __name__ == "__main__":
+    main()
