@@ -90,7 +90,7 @@ def template_arch(request) -> str:
     return request.param
 
 
-# ---- the tiny models themselves ----------------------------------------------------------------
+# ---- the tiny models themselves -----------------------------------------------------------------
 def test_tiny_models_cover_every_tested_model_type():
     assert set(ARCHS) == set(TESTED_MODEL_TYPES)
 
@@ -345,7 +345,7 @@ def test_eot_response_end_stops_after_first_end_of_turn(template_arch, index):
     eot = token_id(tokenizer, FAMILIES[template_arch].end_of_turn)
     assert pair.used_fallback is False
     assert pair.prompt_ids == template_pair.prompt_ids
-    assert list(pair.response_ids) == ids(tokenizer, response) + [eot]
+    assert list(pair.response_ids) == [*ids(tokenizer, response), eot]
     assert pair.response_ids == template_pair.response_ids[: len(pair.response_ids)]
     # Templates appending more than the end-of-turn token are really cut.
     if FAMILIES[template_arch].suffix != FAMILIES[template_arch].end_of_turn:
@@ -361,8 +361,8 @@ def test_eot_cut_at_first_of_several_end_of_turn_tokens():
     messages, response = CONVERSATIONS[0]
     template_ids = llm.encode_pair(messages, response).response_ids
     assert template_ids[-3:] == (end, *ids(tokenizer, "\n"), eos)
-    assert llm.encode_pair(messages, response, response_end="eot").response_ids == (
-        template_ids[:-2]
+    assert (
+        llm.encode_pair(messages, response, response_end="eot").response_ids == (template_ids[:-2])
     )
 
 
@@ -377,7 +377,7 @@ def test_plain_concatenation_without_template(index, response_end):
     assert pair.used_fallback is False
     prompt_text = "\n".join(message["content"] for message in messages) + "\n"
     assert list(pair.prompt_ids) == ids(tokenizer, prompt_text)
-    assert list(pair.response_ids) == ids(tokenizer, response) + [tokenizer.eos_token_id]
+    assert list(pair.response_ids) == [*ids(tokenizer, response), tokenizer.eos_token_id]
     # And the teacher-forced pass scores exactly those ids.
     out = llm.teacher_forced([pair])
     assert out.pair(0)["response_ids"].tolist() == list(pair.response_ids)
@@ -391,7 +391,10 @@ def test_history_rewriting_template_uses_fallback(template_arch, response_end):
     eot = token_id(tokenizer, FAMILIES[template_arch].end_of_turn)
     for messages, response in CONVERSATIONS:
         # Precondition: the full rendering really does not start with the prompt.
-        prompt = ids(tokenizer, tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        prompt = ids(
+            tokenizer,
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+        )
         full = ids(
             tokenizer,
             tokenizer.apply_chat_template(
@@ -403,7 +406,7 @@ def test_history_rewriting_template_uses_fallback(template_arch, response_end):
         pair = llm.encode_pair(messages, response, response_end=response_end)
         assert pair.used_fallback is True
         assert list(pair.prompt_ids) == prompt
-        assert list(pair.response_ids) == ids(tokenizer, response) + [eot]
+        assert list(pair.response_ids) == [*ids(tokenizer, response), eot]
         # The same conversation with the family's normal template needs no fallback.
         assert base.encode_pair(messages, response).used_fallback is False
     # Fallback pairs go through the teacher-forced pass like any other.
@@ -411,7 +414,7 @@ def test_history_rewriting_template_uses_fallback(template_arch, response_end):
     assert out.pair(0)["response_ids"].tolist()[-1] == eot
 
 
-# ---- errors ---------------------------------------------------------------------------------------
+# ---- errors -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("response", ["", "   ", " \n\t "])
 def test_empty_response_raises(arch, response):
     llm = make_tiny_llm(arch)
@@ -454,6 +457,25 @@ def test_errors_name_the_pair_and_are_user_errors(arch):
     assert isinstance(info.value, ValueError)
 
 
+def test_template_that_refuses_a_conversation_raises():
+    """Chat templates raise (e.g. Gemma's "System role not supported"): a PairEncodingError."""
+    base = make_tiny_llm("gemma2")
+    tokenizer = build_tokenizer("gemma2")
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}" + tokenizer.chat_template
+    )
+    llm = LLM(base.model, tokenizer, name="strict")
+    messages, response = CONVERSATIONS[1]
+    assert messages[0]["role"] == "system"
+    with pytest.raises(PairEncodingError, match=r"cannot render.*System role not supported"):
+        llm.encode_pair(messages, response, what="rec-1")
+    with pytest.raises(PairEncodingError, match="rec-2: the chat template cannot render"):
+        llm.prompt_ids(messages, what="rec-2")
+    # Conversations the template accepts still encode normally.
+    assert llm.encode_pair(*CONVERSATIONS[0]) == base.encode_pair(*CONVERSATIONS[0])
+
+
 @pytest.mark.parametrize("response_end", ["last", "EOT", None, ""])
 def test_invalid_response_end_raises(arch, response_end):
     llm = make_tiny_llm(arch)
@@ -477,12 +499,14 @@ def test_pair_longer_than_context_raises(arch):
     with pytest.raises(PairEncodingError, match=rf"{total} tokens .* context of {total - 1}"):
         short.encode_pair(messages, response)
     # The limit applies to the span actually kept: cutting at the end of turn can make it fit.
-    eot_total = len(make_tiny_llm(arch).encode_pair(messages, response, response_end="eot").input_ids)
+    eot_total = len(
+        make_tiny_llm(arch).encode_pair(messages, response, response_end="eot").input_ids
+    )
     if eot_total < total:
         assert len(short.encode_pair(messages, response, response_end="eot").input_ids) == eot_total
 
 
-# ---- identity -------------------------------------------------------------------------------------
+# ---- identity -----------------------------------------------------------------------------------
 def test_identity_fields(arch):
     llm = make_tiny_llm(arch)
     identity = llm.identity()

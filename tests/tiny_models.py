@@ -12,15 +12,15 @@ and :func:`build_model` return fresh (uncached) objects for tests that need to m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
     Gemma2Config,
     Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -240,10 +240,12 @@ def chat_template(arch: str, *, rewrite_history: bool = False) -> str | None:
     template = _TEMPLATES.get(arch)
     if template is None:
         return None
-    return template.replace("__CONTENT__", _REWRITING_CONTENT if rewrite_history else _PLAIN_CONTENT)
+    return template.replace(
+        "__CONTENT__", _REWRITING_CONTENT if rewrite_history else _PLAIN_CONTENT
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trained_backend(specials: tuple[str, ...]) -> Tokenizer:
     backend = Tokenizer(models.BPE())
     # Runs of whitespace ending in a newline are pre-tokenized on their own (as in the Llama-3 and
@@ -359,12 +361,12 @@ def build_model(
     return model.to(torch.float32).eval()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_tokenizer(arch: str) -> PreTrainedTokenizerFast:
     return build_tokenizer(arch)
 
 
-@lru_cache(maxsize=None)
+@cache
 def make_tiny_llm(arch: str, seed: int = 0, max_positions: int = DEFAULT_MAX_POSITIONS) -> LLM:
     """A cached tiny :class:`~perturbprobe.llm.LLM` of family ``arch`` (do not modify it)."""
     tokenizer = _cached_tokenizer(arch)
