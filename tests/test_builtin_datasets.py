@@ -123,12 +123,6 @@ def test_easy_qa_grader_accepts_every_alias_of_open_questions(easy_qa):
 
 
 @needs_easy_qa
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: numeric aliases 'six hundred' (arithmetic_large-004) and 'four hundred' "
-    "(arithmetic_large-056) are graded wrong by the numeric grader, which parses them as "
-    "[6, 100] and takes the last number (graders.py parse_numbers; or drop those aliases)",
-)
 def test_easy_qa_grader_accepts_every_alias_of_numeric_questions(easy_qa):
     failures = [
         (example.id, alias)

@@ -221,12 +221,6 @@ def test_numeric_needs_a_number_in_the_answer():
         grade_numeric("12", open_example("Paris"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: parse_numbers reads compound number words word by word "
-    "('twenty-one' -> [20, 1], 'six hundred' -> [6, 100]) so grade_numeric takes the last one "
-    "(graders.py parse_numbers)",
-)
 @pytest.mark.parametrize(("response", "answer"), [("twenty-one", "21"), ("six hundred", "600")])
 def test_numeric_compound_number_words(response, answer):
     assert grade_numeric(response, open_example(answer))

@@ -432,7 +432,7 @@ def test_empty_response_raises(arch, response):
                 {"role": "user", "content": "Name a color."},
                 {"role": "assistant", "content": "Blue."},
             ],
-            "last message is the assistant's",
+            "'messages' ends with the assistant's message",
         ),
         ([{"role": "robot", "content": "beep"}], "role 'robot'"),
         ([{"content": "no role"}], "role None"),

@@ -67,14 +67,38 @@ def normalize_answer(text: str) -> str:
 
 def parse_numbers(text: str) -> list[float]:
     """Numbers in ``text`` in order of appearance: digits (with sign/decimals) and number
-    words up to one hundred ("twelve" → 12)."""
-    values = []
+    words up to the hundreds, compounds included ("twelve" → 12, "twenty-one" → 21,
+    "six hundred and five" → 605)."""
+    values: list[float] = []
+    words: int | None = None  # the number-word compound being read
     for token in _NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())):
         if token in _NUMBER_WORDS:
-            values.append(float(_NUMBER_WORDS[token]))
-        elif not token.isalpha():
+            words = _extend_compound(words, _NUMBER_WORDS[token], values)
+            continue
+        if token == "and" and words is not None and words % 100 == 0:
+            continue  # "six hundred and five"
+        if words is not None:
+            values.append(float(words))
+            words = None
+        if not token.isalpha():
             values.append(float(token))
+    if words is not None:
+        values.append(float(words))
     return values
+
+
+def _extend_compound(current: int | None, word_value: int, values: list[float]) -> int:
+    """Add one number word to the compound being read, or close it and start a new one."""
+    if current is None:
+        return word_value
+    if word_value == 100 and 0 < current < 100:
+        return current * 100  # six hundred
+    fits_tens = current >= 100 and current % 100 == 0 and word_value < 100
+    fits_units = current % 100 >= 20 and current % 10 == 0 and word_value < 10
+    if fits_tens or fits_units:
+        return current + word_value  # hundred five, twenty one
+    values.append(float(current))
+    return word_value
 
 
 def grade_contains(response: str, example: Example) -> bool:

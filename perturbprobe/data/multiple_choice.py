@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import random
 
 from ..errors import DatasetError
-from .schema import Example, choice_letters, render_choices
+from .schema import Example, choice_letters, example_from_row
 
 __all__ = ["to_multiple_choice"]
 
@@ -34,20 +33,7 @@ def to_multiple_choice(example: Example) -> Example:
     seed = int.from_bytes(hashlib.sha256(example.id.encode()).digest()[:8], "big")
     random.Random(seed).shuffle(options)
     letter = choice_letters(len(options))[options.index(example.answers[0])]
-    last = example.messages[-1]
-    return dataclasses.replace(
-        example,
-        messages=(
-            *example.messages[:-1],
-            {**last, "content": render_choices(last["content"], options)},
-        ),
-        answers=(letter, example.answers[0]),
-        choices=tuple(options),
-        wrong_answers=tuple(
-            option_letter
-            for option_letter, text in zip(choice_letters(len(options)), options, strict=True)
-            if option_letter != letter
-        ),
-        paraphrases=tuple(render_choices(text, options) for text in example.paraphrases),
-        grader="choice",
-    )
+    row = example.to_row()
+    row.update(answers=[letter], choices=options, grader="choice")
+    row.pop("wrong_answers", None)
+    return example_from_row(row, f"question {example.id!r}")

@@ -67,7 +67,7 @@ class Record:
         try:
             messages = tuple(validate_messages(row.get("messages"), what=where))
         except PairEncodingError as exc:
-            raise DatasetError(f"field 'messages': {exc}") from exc
+            raise DatasetError(str(exc)) from exc
         response = row.get("response")
         if not isinstance(response, str):
             raise DatasetError(f"{where}: field 'response' must be a string")

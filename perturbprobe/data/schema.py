@@ -50,9 +50,16 @@ class Example:
     category: str | None = None
     grader: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    source_row: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def to_row(self) -> dict[str, Any]:
-        """The example as a schema row (inverse of :func:`example_from_row`)."""
+        """The example as a schema row (inverse of :func:`example_from_row`).
+
+        Examples read from a row give that row back: it holds the question, messages and
+        paraphrases before the options of a multiple-choice question were rendered into them.
+        """
+        if self.source_row is not None:
+            return dict(self.source_row)
         row: dict[str, Any] = {"id": self.id}
         if self.question is not None:
             row["question"] = self.question
@@ -132,7 +139,7 @@ def example_from_row(row: Mapping[str, Any], where: str) -> Example:
         try:
             messages = tuple(validate_messages(list(messages), what=where))
         except (PairEncodingError, TypeError) as exc:
-            raise DatasetError(f"field 'messages': {exc}") from exc
+            raise DatasetError(str(exc)) from exc
     else:
         raise DatasetError(f"{where}: needs a 'question' or a 'messages' field")
 
@@ -143,19 +150,23 @@ def example_from_row(row: Mapping[str, Any], where: str) -> Example:
         last = messages[-1]
         messages = (*messages[:-1], {**last, "content": render_choices(last["content"], choices)})
     paraphrases = _string_list(row, "paraphrases", where)
-    if choices:
+    wrong_answers = _string_list(row, "wrong_answers", where)
+    if choices:  # the wrong answers of a multiple-choice question are the other letters
         paraphrases = tuple(render_choices(text, choices) for text in paraphrases)
+        letters = choice_letters(len(choices))
+        wrong_answers = tuple(letter for letter in letters if letter != answers[0])
     return Example(
         id=example_id.strip(),
         messages=messages,
         answers=answers,
         question=question,
         choices=choices,
-        wrong_answers=_string_list(row, "wrong_answers", where),
+        wrong_answers=wrong_answers,
         paraphrases=paraphrases,
         category=_optional_string(row, "category", where),
         grader=_optional_string(row, "grader", where),
         extra={key: value for key, value in row.items() if key not in _KNOWN_FIELDS},
+        source_row=dict(row),
     )
 
 

@@ -65,18 +65,21 @@ def validate_messages(messages, *, what: str = "pair") -> list[dict[str, str]]:
     checked = []
     for index, message in enumerate(messages):
         if not isinstance(message, Mapping):
-            raise PairEncodingError(f"{what}: message {index} is not an object with role/content")
+            raise PairEncodingError(
+                f"{what}: 'messages' item {index} is not an object with role/content"
+            )
         role, content = message.get("role"), message.get("content")
         if role not in _ROLES:
             raise PairEncodingError(
-                f"{what}: message {index} has role {role!r}; expected one of {', '.join(_ROLES)}"
+                f"{what}: 'messages' item {index} has role {role!r}; expected one of "
+                f"{', '.join(_ROLES)}"
             )
         if not isinstance(content, str):
-            raise PairEncodingError(f"{what}: message {index} has no string 'content'")
+            raise PairEncodingError(f"{what}: 'messages' item {index} has no string 'content'")
         checked.append({"role": role, "content": content})
     if checked[-1]["role"] == "assistant":
         raise PairEncodingError(
-            f"{what}: the last message is the assistant's; pass it as the response instead"
+            f"{what}: 'messages' ends with the assistant's message; pass it as the response"
         )
     return checked
 
