@@ -242,17 +242,32 @@ def extract(
 def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir):
     """The main job, end to end, on the embedded default LLM.
 
-    Loads the LLM, answers and grades a built-in dataset, prints the accuracy per category and
-    writes the records.
+    Loads the LLM, answers and grades a built-in dataset, prints the accuracy per category,
+    extracts every feature family and prints the features that best separate right from
+    wrong answers. Writes records and features under --out-dir.
     """
-    from . import data
+    from .demo import run_demo
 
     llm = _load(model, dtype, device)
-    examples = data.load_dataset(dataset, limit=limit)
-    records = data.collect(llm, examples, batch_size=batch_size, progress=obj["progress"])
-    path = data.write_records(out_dir / "records.jsonl", records)
-    _print_accuracy(data.accuracy_table(records), title=f"{llm.name} on {examples.name}")
-    click.echo(f"records written to {path}")
+    result = run_demo(
+        llm,
+        out_dir,
+        dataset=dataset,
+        limit=limit,
+        batch_size=batch_size,
+        progress=obj["progress"],
+    )
+    _print_accuracy(result.accuracy, title=f"{llm.name} on {dataset}")
+    if result.ranking is None:
+        click.echo("\nall answers got the same label: no feature ranking (use more questions)")
+    else:
+        click.echo("\nfeatures that best separate right from wrong answers (AUROC of each alone)")
+        for row in result.ranking.head(10).itertuples(index=False):
+            click.echo(f"  {row.feature:<45} {row.auroc:.3f}")
+        baseline = result.ranking.set_index("feature").loc["baseline/mean_log_prob", "auroc"]
+        click.echo(f"  {'baseline/mean_log_prob, for comparison':<45} {baseline:.3f}")
+    click.echo(f"\nrecords written to {result.records_path}")
+    click.echo(f"features written to {result.features_path}")
 
 
 def _load(model: str, dtype: str, device: str | None):
