@@ -104,9 +104,11 @@ def main() -> None:
     pairs = [llm.encode_pair(r.messages, r.response) for r in records]
     prompt_tokens = statistics.mean(len(p.prompt_ids) for p in pairs)
     response_tokens = sum(len(p.response_ids) for p in pairs)
-    print(f"{llm.name}, {args.pairs} pairs, mean prompt {prompt_tokens:.0f} tokens, "
-          f"mean response {response_tokens / len(pairs):.1f} tokens, batch size "
-          f"{args.batch_size}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{llm.name}, {args.pairs} pairs, mean prompt {prompt_tokens:.0f} tokens, "
+        f"mean response {response_tokens / len(pairs):.1f} tokens, batch size "
+        f"{args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
 
     bare = time_call(lambda: bare_forward(llm, pairs, args.batch_size), args.repeats)
     ours = time_call(

