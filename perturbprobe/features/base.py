@@ -91,7 +91,7 @@ class PassBatch:
         head = self.head
         for rows in self.head_chunks():
             summary = logit_summary(head(self.final_hidden[rows]), self.token_ids[rows])
-            summary.pop("log_probs")  # (chunk, V): not kept across chunks
+            del summary["log_probs"], summary["probs"]  # (chunk, V): not kept across chunks
             parts.append(summary)
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 

@@ -24,11 +24,12 @@ import torch
 
 from ..errors import ExtractionError
 from .base import FamilyOutput, FeatureFamily, PassBatch
-from .distributions import cosine, logit_summary, rowdot
+from .distributions import cosine, logit_summary, rowdot, top_two
 
 __all__ = ["CCPS", "CCPSConfig"]
 
 _DEGENERATE_NORM = 1e-9
+_TINY = torch.finfo(torch.float32).tiny
 
 ORIGINAL_FEATURES = (
     ("orig_log_prob_actual", "log_prob"),
@@ -126,34 +127,19 @@ class CCPS(FeatureFamily):
         -------
         Tensor (n, 76)
         """
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
         z = head(hidden)  # (n, V)
         original = logit_summary(z, token_ids)
-        log_p = original.pop("log_probs")  # (n, V)
-        p = log_p.exp()
+        del original["log_probs"]
+        p = original.pop("probs")  # (n, V)
         gradient = self.nll_gradient(head, hidden, token_ids, p)  # (n, D)
         norm = torch.linalg.vector_norm(gradient, dim=-1)  # (n,)
         degenerate = norm <= _DEGENERATE_NORM
         direction = torch.where(
             degenerate[:, None], 0.0, gradient / norm.clamp_min(_DEGENERATE_NORM)[:, None]
         )  # (n, D), unit or zero
-        logit_direction = direction @ head.weight.T if head.is_linear else None  # (n, V): W u
-        neg_entropy = -original["entropy"]  # Σ p log p
-        norm_z = original["norm_logits"]
+        start = _Origin(head, hidden, token_ids, z, p, direction, original)
         radii = self.radii(hidden.device)
-        per_step = []
-        for radius in radii:
-            moved = hidden + radius * direction  # (n, D)
-            if logit_direction is not None:
-                z_k = torch.add(z, logit_direction, alpha=float(radius))  # (n, V)
-            else:
-                z_k = head(moved)
-            per_step.append(
-                self._step_metrics(
-                    z, log_p, p, neg_entropy, norm_z, z_k, hidden, moved, rows, token_ids, original
-                )
-            )
-        steps = torch.stack(per_step, dim=1)  # (n, S, 15)
+        steps = torch.stack([start.step_metrics(float(r)) for r in radii], dim=1)  # (n, S, 15)
         changed = steps[:, :, STEP_METRICS.index("argmax_changed")] > 0  # (n, S)
         flipped = changed.any(dim=1)
         first_flip = changed.to(torch.int8).argmax(dim=1)  # index of the first True
@@ -177,58 +163,106 @@ class CCPS(FeatureFamily):
         return torch.cat([torch.stack(columns, dim=1), summaries.flatten(1)], dim=1)
 
     @staticmethod
-    def _step_metrics(
-        z, log_p, p, neg_entropy, norm_z, z_k, hidden, moved, rows, token_ids, original
-    ) -> torch.Tensor:
-        """The 15 per-step metrics (n, 15) of the perturbed logits ``z_k`` (n, V).
-
-        Sums over the vocabulary are fused row-wise dot products (:func:`rowdot`): with
-        Σ p log p known, KL(p‖p_k) = Σ p log p − Σ p log p_k and
-        JS = ½(Σ p log p + Σ p_k log p_k) − Σ m log m need one pass each.
-        Float rounding can push them a hair below 0; they are clamped.
-        """
-        log_p_k = torch.log_softmax(z_k, dim=-1)  # (n, V)
-        p_k = log_p_k.exp()
-        neg_entropy_k = rowdot(p_k, log_p_k)  # Σ p_k log p_k
-        log_m = torch.logaddexp(log_p, log_p_k).sub_(math.log(2.0))  # (n, V)
-        m_log_m = 0.5 * (rowdot(p, log_m) + rowdot(p_k, log_m))
-        kl = neg_entropy - rowdot(p, log_p_k)
-        js = 0.5 * (neg_entropy + neg_entropy_k) - m_log_m
-        top_logits, top_ids = torch.topk(z_k, k=2, dim=-1)  # (n, 2)
-        norm_k = torch.linalg.vector_norm(z_k, dim=-1)
-        log_prob = log_p_k[rows, token_ids]
-        return torch.stack(
-            [
-                log_prob,
-                log_prob.exp(),
-                z_k[rows, token_ids],
-                original["log_prob"] - log_prob,
-                (top_logits[:, 0] - torch.logsumexp(z_k, dim=-1)).exp(),
-                top_logits[:, 0],
-                (top_ids[:, 0] != original["argmax"]).to(z.dtype),
-                -neg_entropy_k,
-                top_logits[:, 0] - top_logits[:, 1],
-                norm_k,
-                kl.clamp_min(0.0),
-                js.clamp(0.0, math.log(2.0)),
-                rowdot(z, z_k) / (norm_z * norm_k).clamp_min(1e-8),
-                cosine(hidden, moved),
-                torch.linalg.vector_norm(moved - hidden, dim=-1),
-            ],
-            dim=1,
-        )
-
-    @staticmethod
     def nll_gradient(head, hidden, token_ids, p) -> torch.Tensor:
         """g = ∇_h −log softmax(head(h))_y, (n, D): closed form ``Wᵀ(p − e_y)`` for a linear
         head (``p`` (n, V) are the probabilities), autograd through the head otherwise."""
         if head.is_linear:
-            residual = p.clone()  # (n, V): p − e_y after the next line
-            residual[torch.arange(hidden.shape[0]), token_ids] -= 1.0
-            return residual @ head.weight
+            return p @ head.weight - head.weight[token_ids]  # Wᵀp − Wᵀe_y
         with torch.enable_grad():
             leaf = hidden.detach().requires_grad_(True)
             nll = -torch.log_softmax(head(leaf), dim=-1)
             total = nll[torch.arange(hidden.shape[0]), token_ids].sum()
             (gradient,) = torch.autograd.grad(total, leaf)
         return gradient
+
+
+class _Origin:
+    """The unperturbed state of n tokens and what every step of the trajectory reuses.
+
+    With a linear head, z_k = z + r·a (a = W u), so every sum over the vocabulary that is
+    linear in z_k — Σ p z_k, z·z_k, ‖z_k‖², z_k[y] — follows from sums computed once here;
+    each step then makes only the passes that need exp/log of z_k.
+    """
+
+    def __init__(self, head, hidden, token_ids, z, p, direction, original):
+        self.head, self.hidden, self.direction, self.original = head, hidden, direction, original
+        self.rows = torch.arange(hidden.shape[0], device=hidden.device)
+        self.token_ids = token_ids
+        self.z, self.p = z, p  # (n, V)
+        # Work buffers reused by every step: fresh (n, V) allocations cost more than the
+        # arithmetic on CPU (the memory is faulted in anew each time).
+        self.logits_buffer, self.probs_buffer = torch.empty_like(z), torch.empty_like(z)
+        self.scratch = torch.empty_like(z)
+        self.zz = original["norm_logits"] ** 2  # (n,)
+        self.pz = rowdot(p, z, self.scratch)  # Σ p z
+        self.neg_entropy = -original["entropy"]  # Σ p log p
+        if head.is_linear:
+            a = direction @ head.weight.T  # (n, V): the logit change per unit radius
+            self.a = a
+            self.za = rowdot(z, a, self.scratch)
+            self.aa = rowdot(a, a, self.scratch)
+            self.pa = rowdot(p, a, self.scratch)
+            self.a_actual = a[self.rows, token_ids]
+
+    def perturbed_logits(self, radius: float, moved: torch.Tensor):
+        """z_k (n, V) and its sums (Σ p z_k, z·z_k, ‖z_k‖², z_k[y]), each (n,)."""
+        if self.head.is_linear:
+            z_k = torch.add(self.z, self.a, alpha=radius, out=self.logits_buffer)
+            sums = (
+                self.pz + radius * self.pa,
+                self.zz + radius * self.za,
+                self.zz + 2 * radius * self.za + radius**2 * self.aa,
+                self.original["logit"] + radius * self.a_actual,
+            )
+            return z_k, sums
+        z_k = self.head(moved)
+        sums = tuple(rowdot(x, z_k, self.scratch) for x in (self.p, self.z, z_k))
+        return z_k, (*sums, z_k[self.rows, self.token_ids])
+
+    def step_metrics(self, radius: float) -> torch.Tensor:
+        """The 15 per-step metrics (n, 15) at h + radius·u, in ``STEP_METRICS`` order.
+
+        With M = max z_k, e = exp(z_k − M), S0 = Σ e, lse_k = M + log S0:
+        H(p_k) = log S0 − Σ e (z_k − M) / S0;  KL(p‖p_k) = Σ p log p − Σ p z_k + lse_k;
+        JS = H(m) − ½(H(p) + H(p_k)) with H(m) = log 2 − ½ Σ t log t, t = p + p_k = 2m
+        (t is clamped at the smallest normal float before the log, so an underflowed t
+        contributes its limit 0, never NaN). Float rounding can
+        push KL or JS a hair outside their range; they are clamped to [0, ∞) and [0, ln 2].
+        """
+        moved = self.hidden + radius * self.direction  # (n, D)
+        z_k, (p_dot_z_k, z_dot_z_k, z_k_sq, logit_actual) = self.perturbed_logits(radius, moved)
+        top1, argmax, top2 = top_two(z_k)  # (n,) each
+        shifted = z_k.sub_(top1[:, None])  # z_k − M, in place: (n, V)
+        e = torch.exp(shifted, out=self.probs_buffer)
+        s0 = e.sum(dim=-1)
+        log_s0 = s0.log()
+        entropy_k = log_s0 - rowdot(e, shifted, self.scratch) / s0
+        log_prob = shifted[self.rows, self.token_ids] - log_s0
+        t = e.div_(s0[:, None]).add_(self.p)  # p_k + p, in place
+        # Σ t log t; t below the smallest normal float contributes ~0 (its limit).
+        log_t = torch.clamp(t, min=_TINY, out=shifted).log_()
+        entropy_m = math.log(2.0) - 0.5 * rowdot(t, log_t, self.scratch)
+        kl = self.neg_entropy - p_dot_z_k + top1 + log_s0
+        js = entropy_m + 0.5 * (self.neg_entropy - entropy_k)
+        norm_k = z_k_sq.clamp_min(0.0).sqrt()
+        norm_z = self.original["norm_logits"]
+        return torch.stack(
+            [
+                log_prob,
+                log_prob.exp(),
+                logit_actual,
+                self.original["log_prob"] - log_prob,
+                1.0 / s0,  # p_k at its argmax: exp(M − lse_k)
+                top1,
+                (argmax != self.original["argmax"]).to(z_k.dtype),
+                entropy_k,
+                top1 - top2,
+                norm_k,
+                kl.clamp_min(0.0),
+                js.clamp(0.0, math.log(2.0)),
+                z_dot_z_k / (norm_z * norm_k).clamp_min(1e-8),
+                cosine(self.hidden, moved),
+                torch.linalg.vector_norm(moved - self.hidden, dim=-1),
+            ],
+            dim=1,
+        )

