@@ -25,9 +25,18 @@ import torch
 from ..llm import LLM, Head
 from .distributions import logit_summary
 
-__all__ = ["AGGREGATES", "FamilyOutput", "FeatureFamily", "PassBatch"]
+__all__ = ["AGGREGATES", "FamilyOutput", "FeatureFamily", "PassBatch", "tokens_per_chunk"]
 
 AGGREGATES = ("mean", "std", "min", "max", "first", "last")
+
+# Float32 (tokens × vocabulary) arrays alive at once in the head arithmetic, per token of a
+# chunk: measured peak ≈ 6.5 (benchmarks/extract_memory.py), rounded up.
+_VOCAB_ARRAYS_PER_TOKEN = 7
+
+
+def tokens_per_chunk(memory_mb: float, vocab_size: int) -> int:
+    """How many tokens go through the head at once so its arithmetic fits ``memory_mb``."""
+    return max(1, int(memory_mb * 2**20 // (vocab_size * 4 * _VOCAB_ARRAYS_PER_TOKEN)))
 
 
 @dataclass

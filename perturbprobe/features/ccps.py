@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ExtractionError
+from ..llm import Head
 from .base import FamilyOutput, FeatureFamily, PassBatch
 from .distributions import cosine, logit_summary, rowdot, top_two
 
@@ -30,6 +31,16 @@ __all__ = ["CCPS", "CCPSConfig"]
 
 _DEGENERATE_NORM = 1e-9
 _TINY = torch.finfo(torch.float32).tiny
+# The trajectory's vocabulary-wide passes run on blocks of this many tokens: their (rows, V)
+# working set then stays in the CPU's cache across the S steps (measured ~30% faster on the
+# default LLM than whole chunks). The matrix products still use whole chunks.
+_CACHE_ROWS = 16
+
+
+def _row_blocks(total: int, size: int):
+    """Slices of at most ``size`` rows covering ``total`` rows."""
+    return (slice(start, min(start + size, total)) for start in range(0, total, size))
+
 
 ORIGINAL_FEATURES = (
     ("orig_log_prob_actual", "log_prob"),
@@ -137,9 +148,12 @@ class CCPS(FeatureFamily):
         direction = torch.where(
             degenerate[:, None], 0.0, gradient / norm.clamp_min(_DEGENERATE_NORM)[:, None]
         )  # (n, D), unit or zero
-        start = _Origin(head, hidden, token_ids, z, p, direction, original)
+        # W u for all radii at once (linear head): the third and last (n, D) × (D, V) product.
+        logit_direction = direction @ head.weight.T if head.is_linear else None  # (n, V)
         radii = self.radii(hidden.device)
-        steps = torch.stack([start.step_metrics(float(r)) for r in radii], dim=1)  # (n, S, 15)
+        origin = _Origin(head, hidden, token_ids, z, p, direction, logit_direction, original)
+        blocks = _row_blocks(hidden.shape[0], _CACHE_ROWS)
+        steps = torch.cat([origin.block(rows).trajectory(radii) for rows in blocks])  # (n, S, 15)
         changed = steps[:, :, STEP_METRICS.index("argmax_changed")] > 0  # (n, S)
         flipped = changed.any(dim=1)
         first_flip = changed.to(torch.int8).argmax(dim=1)  # index of the first True
@@ -176,38 +190,57 @@ class CCPS(FeatureFamily):
         return gradient
 
 
+@dataclass
 class _Origin:
-    """The unperturbed state of n tokens and what every step of the trajectory reuses.
+    """The unperturbed state of n tokens, from which the trajectory is computed.
 
     With a linear head, z_k = z + r·a (a = W u), so every sum over the vocabulary that is
-    linear in z_k — Σ p z_k, z·z_k, ‖z_k‖², z_k[y] — follows from sums computed once here;
-    each step then makes only the passes that need exp/log of z_k.
+    linear in z_k — Σ p z_k, z·z_k, ‖z_k‖², z_k[y] — follows from sums computed once per
+    block; each step then makes only the passes that need exp/log of z_k.
+
+    Attributes: ``hidden`` and ``direction`` (n, D); ``z``, ``p`` and ``logit_direction``
+    (W u, None for a non-linear head) (n, V); ``token_ids`` (n,); ``original``: the
+    :func:`logit_summary` of z, each (n,).
     """
 
-    def __init__(self, head, hidden, token_ids, z, p, direction, original):
-        self.head, self.hidden, self.direction, self.original = head, hidden, direction, original
-        self.rows = torch.arange(hidden.shape[0], device=hidden.device)
-        self.token_ids = token_ids
-        self.z, self.p = z, p  # (n, V)
+    head: Head
+    hidden: torch.Tensor
+    token_ids: torch.Tensor
+    z: torch.Tensor
+    p: torch.Tensor
+    direction: torch.Tensor
+    logit_direction: torch.Tensor | None
+    original: dict[str, torch.Tensor]
+
+    def block(self, rows: slice) -> _Origin:
+        """The same state restricted to ``rows``."""
+        return _Origin(
+            self.head,
+            *(x[rows] for x in (self.hidden, self.token_ids, self.z, self.p, self.direction)),
+            None if self.logit_direction is None else self.logit_direction[rows],
+            {key: value[rows] for key, value in self.original.items()},
+        )
+
+    def trajectory(self, radii: torch.Tensor) -> torch.Tensor:
+        """Per-step metrics (n, S, 15) for radii (S,), in ``STEP_METRICS`` order."""
         # Work buffers reused by every step: fresh (n, V) allocations cost more than the
         # arithmetic on CPU (the memory is faulted in anew each time).
-        self.logits_buffer, self.probs_buffer = torch.empty_like(z), torch.empty_like(z)
-        self.scratch = torch.empty_like(z)
-        self.zz = original["norm_logits"] ** 2  # (n,)
-        self.pz = rowdot(p, z, self.scratch)  # Σ p z
-        self.neg_entropy = -original["entropy"]  # Σ p log p
-        if head.is_linear:
-            a = direction @ head.weight.T  # (n, V): the logit change per unit radius
-            self.a = a
-            self.za = rowdot(z, a, self.scratch)
-            self.aa = rowdot(a, a, self.scratch)
-            self.pa = rowdot(p, a, self.scratch)
-            self.a_actual = a[self.rows, token_ids]
+        self.buffers = [torch.empty_like(self.z) for _ in range(3)]
+        scratch = self.buffers[2]
+        self.rows = torch.arange(self.z.shape[0], device=self.z.device)
+        self.zz = self.original["norm_logits"] ** 2  # (n,)
+        self.pz = rowdot(self.p, self.z, scratch)  # Σ p z
+        if self.logit_direction is not None:
+            a = self.logit_direction
+            self.za, self.aa = rowdot(self.z, a, scratch), rowdot(a, a, scratch)
+            self.pa = rowdot(self.p, a, scratch)
+            self.a_actual = a[self.rows, self.token_ids]
+        return torch.stack([self.step_metrics(float(radius)) for radius in radii], dim=1)
 
     def perturbed_logits(self, radius: float, moved: torch.Tensor):
         """z_k (n, V) and its sums (Σ p z_k, z·z_k, ‖z_k‖², z_k[y]), each (n,)."""
-        if self.head.is_linear:
-            z_k = torch.add(self.z, self.a, alpha=radius, out=self.logits_buffer)
+        if self.logit_direction is not None:
+            z_k = torch.add(self.z, self.logit_direction, alpha=radius, out=self.buffers[0])
             sums = (
                 self.pz + radius * self.pa,
                 self.zz + radius * self.za,
@@ -216,7 +249,7 @@ class _Origin:
             )
             return z_k, sums
         z_k = self.head(moved)
-        sums = tuple(rowdot(x, z_k, self.scratch) for x in (self.p, self.z, z_k))
+        sums = tuple(rowdot(x, z_k, self.buffers[2]) for x in (self.p, self.z, z_k))
         return z_k, (*sums, z_k[self.rows, self.token_ids])
 
     def step_metrics(self, radius: float) -> torch.Tensor:
@@ -233,17 +266,18 @@ class _Origin:
         z_k, (p_dot_z_k, z_dot_z_k, z_k_sq, logit_actual) = self.perturbed_logits(radius, moved)
         top1, argmax, top2 = top_two(z_k)  # (n,) each
         shifted = z_k.sub_(top1[:, None])  # z_k − M, in place: (n, V)
-        e = torch.exp(shifted, out=self.probs_buffer)
+        e = torch.exp(shifted, out=self.buffers[1])
         s0 = e.sum(dim=-1)
         log_s0 = s0.log()
-        entropy_k = log_s0 - rowdot(e, shifted, self.scratch) / s0
+        entropy_k = log_s0 - rowdot(e, shifted, self.buffers[2]) / s0
         log_prob = shifted[self.rows, self.token_ids] - log_s0
         t = e.div_(s0[:, None]).add_(self.p)  # p_k + p, in place
         # Σ t log t; t below the smallest normal float contributes ~0 (its limit).
         log_t = torch.clamp(t, min=_TINY, out=shifted).log_()
-        entropy_m = math.log(2.0) - 0.5 * rowdot(t, log_t, self.scratch)
-        kl = self.neg_entropy - p_dot_z_k + top1 + log_s0
-        js = entropy_m + 0.5 * (self.neg_entropy - entropy_k)
+        entropy_m = math.log(2.0) - 0.5 * rowdot(t, log_t, self.buffers[2])
+        neg_entropy = -self.original["entropy"]  # Σ p log p
+        kl = neg_entropy - p_dot_z_k + top1 + log_s0
+        js = entropy_m + 0.5 * (neg_entropy - entropy_k)
         norm_k = z_k_sq.clamp_min(0.0).sqrt()
         norm_z = self.original["norm_logits"]
         return torch.stack(

@@ -21,15 +21,13 @@ from .._version import __version__
 from ..data.records import Record
 from ..errors import ExtractionError, PairEncodingError
 from ..llm import LLM, EncodedPair
-from .base import PassBatch, aggregate_tokens
+from .base import PassBatch, aggregate_tokens, tokens_per_chunk
 from .config import ExtractorConfig
 from .featureset import FORMAT_VERSION, FeatureSet
 
 __all__ = ["extract"]
 
 logger = logging.getLogger(__name__)
-
-_FLOATS_PER_VOCAB_ENTRY = 12  # float32 (n, V) buffers alive at once in the head arithmetic
 
 
 def extract(
@@ -89,7 +87,7 @@ def extract(
         )
     head = llm.head.to(torch.float32)
     vocab = head.weight.shape[0]
-    chunk_tokens = max(1, int(memory_mb * 2**20 // (vocab * 4 * _FLOATS_PER_VOCAB_ENTRY)))
+    chunk_tokens = tokens_per_chunk(memory_mb, vocab)
     columns = [family.columns() for family in family_objects]
     token_schema = [name for tokens, _ in columns for name in tokens]
     schema = [name for _, response in columns for name in response]
