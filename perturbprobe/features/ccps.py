@@ -153,7 +153,7 @@ class CCPS(FeatureFamily):
         radii = self.radii(hidden.device)
         origin = _Origin(head, hidden, token_ids, z, p, direction, logit_direction, original)
         blocks = _row_blocks(hidden.shape[0], _CACHE_ROWS)
-        steps = torch.cat([origin.block(rows).trajectory(radii) for rows in blocks])  # (n, S, 15)
+        steps = torch.cat([_Trajectory(origin.block(rows)).metrics(radii) for rows in blocks])
         changed = steps[:, :, STEP_METRICS.index("argmax_changed")] > 0  # (n, S)
         flipped = changed.any(dim=1)
         first_flip = changed.to(torch.int8).argmax(dim=1)  # index of the first True
@@ -221,36 +221,45 @@ class _Origin:
             {key: value[rows] for key, value in self.original.items()},
         )
 
-    def trajectory(self, radii: torch.Tensor) -> torch.Tensor:
-        """Per-step metrics (n, S, 15) for radii (S,), in ``STEP_METRICS`` order."""
+
+class _Trajectory:
+    """The S steps h + r_k·u of one block of tokens (a few, so the block's (n, V) arrays stay
+    in the CPU cache across the steps)."""
+
+    def __init__(self, origin: _Origin):
+        self.origin = origin
+        z, p, original = origin.z, origin.p, origin.original
         # Work buffers reused by every step: fresh (n, V) allocations cost more than the
         # arithmetic on CPU (the memory is faulted in anew each time).
-        self.buffers = [torch.empty_like(self.z) for _ in range(3)]
-        scratch = self.buffers[2]
-        self.rows = torch.arange(self.z.shape[0], device=self.z.device)
-        self.zz = self.original["norm_logits"] ** 2  # (n,)
-        self.pz = rowdot(self.p, self.z, scratch)  # Σ p z
-        if self.logit_direction is not None:
-            a = self.logit_direction
-            self.za, self.aa = rowdot(self.z, a, scratch), rowdot(a, a, scratch)
-            self.pa = rowdot(self.p, a, scratch)
-            self.a_actual = a[self.rows, self.token_ids]
+        self.logits, self.probs, self.scratch = (torch.empty_like(z) for _ in range(3))
+        self.rows = torch.arange(z.shape[0], device=z.device)
+        self.zz = original["norm_logits"] ** 2  # (n,)
+        self.pz = rowdot(p, z, self.scratch)  # Σ p z
+        a = origin.logit_direction
+        if a is not None:
+            self.za, self.aa = rowdot(z, a, self.scratch), rowdot(a, a, self.scratch)
+            self.pa = rowdot(p, a, self.scratch)
+            self.a_actual = a[self.rows, origin.token_ids]
+
+    def metrics(self, radii: torch.Tensor) -> torch.Tensor:
+        """Per-step metrics (n, S, 15) for radii (S,), in ``STEP_METRICS`` order."""
         return torch.stack([self.step_metrics(float(radius)) for radius in radii], dim=1)
 
     def perturbed_logits(self, radius: float, moved: torch.Tensor):
         """z_k (n, V) and its sums (Σ p z_k, z·z_k, ‖z_k‖², z_k[y]), each (n,)."""
-        if self.logit_direction is not None:
-            z_k = torch.add(self.z, self.logit_direction, alpha=radius, out=self.buffers[0])
+        origin = self.origin
+        if origin.logit_direction is not None:
+            z_k = torch.add(origin.z, origin.logit_direction, alpha=radius, out=self.logits)
             sums = (
                 self.pz + radius * self.pa,
                 self.zz + radius * self.za,
                 self.zz + 2 * radius * self.za + radius**2 * self.aa,
-                self.original["logit"] + radius * self.a_actual,
+                origin.original["logit"] + radius * self.a_actual,
             )
             return z_k, sums
-        z_k = self.head(moved)
-        sums = tuple(rowdot(x, z_k, self.buffers[2]) for x in (self.p, self.z, z_k))
-        return z_k, (*sums, z_k[self.rows, self.token_ids])
+        z_k = origin.head(moved)
+        sums = tuple(rowdot(x, z_k, self.scratch) for x in (origin.p, origin.z, z_k))
+        return z_k, (*sums, z_k[self.rows, origin.token_ids])
 
     def step_metrics(self, radius: float) -> torch.Tensor:
         """The 15 per-step metrics (n, 15) at h + radius·u, in ``STEP_METRICS`` order.
@@ -259,44 +268,45 @@ class _Origin:
         H(p_k) = log S0 − Σ e (z_k − M) / S0;  KL(p‖p_k) = Σ p log p − Σ p z_k + lse_k;
         JS = H(m) − ½(H(p) + H(p_k)) with H(m) = log 2 − ½ Σ t log t, t = p + p_k = 2m
         (t is clamped at the smallest normal float before the log, so an underflowed t
-        contributes its limit 0, never NaN). Float rounding can
-        push KL or JS a hair outside their range; they are clamped to [0, ∞) and [0, ln 2].
+        contributes its limit 0, never NaN). Float rounding can push KL or JS a hair outside
+        their range; they are clamped to [0, ∞) and [0, ln 2].
         """
-        moved = self.hidden + radius * self.direction  # (n, D)
+        origin, original = self.origin, self.origin.original
+        moved = origin.hidden + radius * origin.direction  # (n, D)
         z_k, (p_dot_z_k, z_dot_z_k, z_k_sq, logit_actual) = self.perturbed_logits(radius, moved)
         top1, argmax, top2 = top_two(z_k)  # (n,) each
         shifted = z_k.sub_(top1[:, None])  # z_k − M, in place: (n, V)
-        e = torch.exp(shifted, out=self.buffers[1])
+        e = torch.exp(shifted, out=self.probs)
         s0 = e.sum(dim=-1)
         log_s0 = s0.log()
-        entropy_k = log_s0 - rowdot(e, shifted, self.buffers[2]) / s0
-        log_prob = shifted[self.rows, self.token_ids] - log_s0
-        t = e.div_(s0[:, None]).add_(self.p)  # p_k + p, in place
+        entropy_k = log_s0 - rowdot(e, shifted, self.scratch) / s0
+        log_prob = shifted[self.rows, origin.token_ids] - log_s0
+        t = e.div_(s0[:, None]).add_(origin.p)  # p_k + p, in place
         # Σ t log t; t below the smallest normal float contributes ~0 (its limit).
         log_t = torch.clamp(t, min=_TINY, out=shifted).log_()
-        entropy_m = math.log(2.0) - 0.5 * rowdot(t, log_t, self.buffers[2])
-        neg_entropy = -self.original["entropy"]  # Σ p log p
+        entropy_m = math.log(2.0) - 0.5 * rowdot(t, log_t, self.scratch)
+        neg_entropy = -original["entropy"]  # Σ p log p
         kl = neg_entropy - p_dot_z_k + top1 + log_s0
         js = entropy_m + 0.5 * (neg_entropy - entropy_k)
         norm_k = z_k_sq.clamp_min(0.0).sqrt()
-        norm_z = self.original["norm_logits"]
+        norm_z = original["norm_logits"]
         return torch.stack(
             [
                 log_prob,
                 log_prob.exp(),
                 logit_actual,
-                self.original["log_prob"] - log_prob,
+                original["log_prob"] - log_prob,
                 1.0 / s0,  # p_k at its argmax: exp(M − lse_k)
                 top1,
-                (argmax != self.original["argmax"]).to(z_k.dtype),
+                (argmax != original["argmax"]).to(z_k.dtype),
                 entropy_k,
                 top1 - top2,
                 norm_k,
                 kl.clamp_min(0.0),
                 js.clamp(0.0, math.log(2.0)),
                 z_dot_z_k / (norm_z * norm_k).clamp_min(1e-8),
-                cosine(self.hidden, moved),
-                torch.linalg.vector_norm(moved - self.hidden, dim=-1),
+                cosine(origin.hidden, moved),
+                torch.linalg.vector_norm(moved - origin.hidden, dim=-1),
             ],
             dim=1,
         )
