@@ -235,6 +235,9 @@ class _Trajectory:
         self.rows = torch.arange(z.shape[0], device=z.device)
         self.zz = original["norm_logits"] ** 2  # (n,)
         self.pz = rowdot(p, z, self.scratch)  # Σ p z
+        # p plus the smallest normal float: t = p + p_k > 0 then, so log t is finite and an
+        # underflowed t contributes its limit 0 to Σ t log t (the shift changes no sum).
+        self.p_floor = p + _TINY
         a = origin.logit_direction
         if a is not None:
             self.za, self.aa = rowdot(z, a, self.scratch), rowdot(a, a, self.scratch)
@@ -267,8 +270,8 @@ class _Trajectory:
         With M = max z_k, e = exp(z_k − M), S0 = Σ e, lse_k = M + log S0:
         H(p_k) = log S0 − Σ e (z_k − M) / S0;  KL(p‖p_k) = Σ p log p − Σ p z_k + lse_k;
         JS = H(m) − ½(H(p) + H(p_k)) with H(m) = log 2 − ½ Σ t log t, t = p + p_k = 2m
-        (t is clamped at the smallest normal float before the log, so an underflowed t
-        contributes its limit 0, never NaN). Float rounding can push KL or JS a hair outside
+        (t is floored at the smallest normal float, so an underflowed t contributes its
+        limit 0, never NaN). Float rounding can push KL or JS a hair outside
         their range; they are clamped to [0, ∞) and [0, ln 2].
         """
         origin, original = self.origin, self.origin.original
@@ -281,9 +284,8 @@ class _Trajectory:
         log_s0 = s0.log()
         entropy_k = log_s0 - rowdot(e, shifted, self.scratch) / s0
         log_prob = shifted[self.rows, origin.token_ids] - log_s0
-        t = e.div_(s0[:, None]).add_(origin.p)  # p_k + p, in place
-        # Σ t log t; t below the smallest normal float contributes ~0 (its limit).
-        log_t = torch.clamp(t, min=_TINY, out=shifted).log_()
+        t = torch.addcmul(self.p_floor, e, s0.reciprocal()[:, None], out=e)  # p + p_k (+tiny)
+        log_t = torch.log(t, out=shifted)
         entropy_m = math.log(2.0) - 0.5 * rowdot(t, log_t, self.scratch)
         neg_entropy = -original["entropy"]  # Σ p log p
         kl = neg_entropy - p_dot_z_k + top1 + log_s0

@@ -33,18 +33,32 @@ def rowdot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None = None
 
 
 def top_two(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Largest logit, its index (the first one on ties) and the second largest, each (N,).
+    """Largest value, its index (the first one on ties) and the second largest, each (N,).
 
-    One ``max`` pass and one ``amax`` pass with the top entry masked — about twice as fast as
-    ``topk(z, 2)`` on CPU. ``z`` (N, V) is modified during the call and restored before return;
-    tied maxima give a second value equal to the first.
+    Exact, and several times faster on CPU than ``topk(z, 2)`` or ``max(dim)`` (whose index
+    tracking is slow): the V entries of a row are split into groups of ⌈√V⌉; one ``amax``
+    pass gives every group's maximum, and only the winning group is searched for the index.
+
+    Parameters
+    ----------
+    z : Tensor (N, V), V >= 2
     """
-    rows = torch.arange(z.shape[0], device=z.device)
-    first, index = z.max(dim=-1)
-    z[rows, index] = -torch.inf
-    second = z.amax(dim=-1)
-    z[rows, index] = first
-    return first, index, second
+    n, vocab = z.shape
+    width = math.isqrt(vocab - 1) + 1  # ⌈√V⌉ entries per group
+    full = vocab // width
+    group_max = z[:, : full * width].view(n, full, width).amax(dim=-1)  # (N, G)
+    if full * width < vocab:  # the last, shorter group
+        group_max = torch.cat([group_max, z[:, full * width :].amax(dim=-1, keepdim=True)], 1)
+    rows = torch.arange(n, device=z.device)
+    best, best_group = group_max.max(dim=-1)  # first group holding the maximum
+    columns = best_group[:, None] * width + torch.arange(width, device=z.device)  # (N, width)
+    members = z.gather(1, columns.clamp(max=vocab - 1))
+    members = members.masked_fill(columns >= vocab, -torch.inf)  # past the end of the row
+    position = members.argmax(dim=-1)  # first position of the maximum in its group
+    members[rows, position] = -torch.inf
+    group_max[rows, best_group] = -torch.inf
+    second = torch.maximum(members.amax(dim=-1), group_max.amax(dim=-1))
+    return best, best_group * width + position, second
 
 
 def entropy_from_log_probs(log_p: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
