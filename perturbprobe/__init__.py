@@ -4,11 +4,23 @@
 >>> llm = perturbprobe.load_llm("default")               # doctest: +SKIP
 >>> ds = perturbprobe.data.load_dataset("builtin:easy-qa")  # doctest: +SKIP
 >>> records = perturbprobe.data.collect(llm, ds)          # doctest: +SKIP
+>>> fs = perturbprobe.extract(llm, records)                # doctest: +SKIP
 """
 
-from . import data, llm
+from . import data, features, llm
 from ._version import __version__
 from .errors import PerturbprobeError
+from .features import FeatureSet, extract
 from .llm import LLM, load_llm
 
-__all__ = ["LLM", "PerturbprobeError", "__version__", "data", "llm", "load_llm"]
+__all__ = [
+    "LLM",
+    "FeatureSet",
+    "PerturbprobeError",
+    "__version__",
+    "data",
+    "extract",
+    "features",
+    "llm",
+    "load_llm",
+]
