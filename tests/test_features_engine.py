@@ -691,3 +691,30 @@ def test_non_finite_values_never_leave_silently(llama, monkeypatch):
     monkeypatch.setattr(CCPS, "compute", poisoned)
     with pytest.raises(ExtractionError, match=r"non-finite.*ccps/pei"):
         extract(llama, RECORDS[1:3], families="baseline,ccps", progress=False)
+
+
+def test_families_needing_what_the_pass_cannot_give_are_refused(monkeypatch):
+    from perturbprobe.features import Baseline
+
+    monkeypatch.setattr(Baseline, "needs", frozenset({"final_hidden", "backward"}))
+    llm = make_tiny_llm("llama")
+    record = Record("r", "q", ({"role": "user", "content": "hi"},), "hello", 1, "generated")
+    with pytest.raises(ExtractionError, match=r"cannot yet provide \['backward'\].*baseline"):
+        extract(llm, [record], families="baseline", progress=False)
+
+
+def test_bfloat16_model_features_are_computed_in_float32():
+    import copy
+
+    llm32 = make_tiny_llm("llama")
+    llm16 = LLM(copy.deepcopy(llm32.model).to(torch.bfloat16), llm32.tokenizer, name="bf16")
+    messages = ({"role": "user", "content": "name a colour"},)
+    records = [Record("a", "q", messages, "blue sky", 1, "gold")]
+    fs = extract(llm16, records, families="baseline", progress=False)
+    # Independent float64 computation from the bf16 model's own final hidden states.
+    out = llm16.teacher_forced([llm16.encode_pair(messages, "blue sky")], logits=False)
+    hidden = out.pair(0)["final_hidden"].double()
+    log_p = torch.log_softmax(hidden @ llm16.head.weight.detach().double().T, dim=-1)
+    expected = log_p[torch.arange(len(hidden)), out.pair(0)["response_ids"]].numpy()
+    # float32 arithmetic on bf16-valued inputs: ~1e-6; bf16 arithmetic would be off by ~1e-2.
+    np.testing.assert_allclose(fs.tokens["baseline/log_prob"], expected, rtol=1e-4, atol=1e-4)

@@ -29,6 +29,10 @@ __all__ = ["extract"]
 
 logger = logging.getLogger(__name__)
 
+# What one teacher-forced pass gives every family. Later families add "hidden_states",
+# "backward" and "extra_forward"; the engine then computes each once per batch.
+_PROVIDED = frozenset({"final_hidden"})
+
 
 def extract(
     llm: LLM,
@@ -79,6 +83,12 @@ def extract(
         raise ExtractionError(f"batch_size must be >= 1, got {batch_size}")
     config = (config or ExtractorConfig.create(families)).with_overrides(overrides)
     family_objects = config.build_families()
+    needs = set().union(*(family.needs for family in family_objects))
+    if needs - _PROVIDED:
+        raise ExtractionError(
+            f"the engine cannot yet provide {sorted(needs - _PROVIDED)} for "
+            f"{[f.name for f in family_objects if f.needs - _PROVIDED]}"
+        )
     pairs, skipped = _encode(llm, records, config.response_end, skip_invalid)
     if not pairs:
         raise ExtractionError(
