@@ -116,16 +116,7 @@ def _record(record_id, question, response):
 RECORDS = [_record(*pair) for pair in PAIRS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """This module's tests and module-scoped fixtures run torch on one intra-op thread; the
-    previous setting is restored after the module, so nothing leaks into other tests.  On a
-    shared 2-core machine the tiny models' ops are dominated by thread hand-offs (a 448×32
-    mat-vec: ~8 ms with 2 contended threads, ~3 µs with one); this keeps the module fast."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 # ---- the naive reference ------------------------------------------------------------------------

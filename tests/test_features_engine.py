@@ -59,17 +59,7 @@ ALL = "baseline,ccps,entropy_dynamics"
 _DEFAULT_THREADS = torch.get_num_threads()  # read at import, before any test changes it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """This module's tests and module-scoped fixtures run torch on one intra-op thread; the
-    previous setting is restored after the module, so nothing leaks into other tests.  On a
-    shared 2-core machine the tiny models' ops are dominated by thread hand-offs (a 448×32
-    mat-vec: ~8 ms with 2 contended threads, ~3 µs with one); this keeps the module fast.
-    The determinism test also runs at the default setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def values(fs):
