@@ -65,7 +65,6 @@ def main() -> None:
     for budget in (float(b) for b in args.budgets.split(",")):
         chunk = tokens_per_chunk(budget, args.vocab)
         batch = PassBatch(
-            llm=None,
             head=head,
             final_hidden=hidden,
             token_ids=token_ids,

@@ -65,7 +65,8 @@ def time_interleaved(functions: dict, repeats: int) -> dict[str, float]:
 def bare_forward(llm, pairs, batch_size: int) -> None:
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            input_ids, attention_mask = llm.pad(pairs[start : start + batch_size])
+            batch = [pair.input_ids for pair in pairs[start : start + batch_size]]
+            input_ids, attention_mask = llm.pad(batch)
             llm.model(input_ids=input_ids, attention_mask=attention_mask)
 
 

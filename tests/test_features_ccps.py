@@ -515,7 +515,6 @@ def _ccps_family(head, hidden, token_ids, radius, steps):
     """The family on handcrafted tensors, through the family protocol: {name: (n,)}."""
     n = hidden.shape[0]
     batch = PassBatch(
-        llm=None,
         head=head,
         final_hidden=hidden,
         token_ids=token_ids,

@@ -210,7 +210,6 @@ def _ccps_on(head, hidden, token_ids):
     """Run the ccps family (R = 2, S = 5) on handcrafted tensors through the family protocol."""
     n = hidden.shape[0]
     batch = PassBatch(
-        llm=None,
         head=head,
         final_hidden=hidden,
         token_ids=token_ids,

@@ -75,16 +75,11 @@ def generate_responses(
     with torch.no_grad(), bar:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in rows)
-            input_ids = torch.full((len(rows), width), llm.pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for row, index in enumerate(rows):
-                ids = encoded[index]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[row, width - len(ids) :] = 1
+            input_ids, attention_mask = llm.pad([encoded[i] for i in rows], side="left")
+            width = input_ids.shape[1]
             output = llm.model.generate(
-                input_ids=input_ids.to(llm.device),
-                attention_mask=attention_mask.to(llm.device),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
                 generation_config=config,
             )
             for row, index in enumerate(rows):

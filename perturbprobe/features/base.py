@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from ..llm import LLM, Head
+from ..llm import Head
 from .distributions import logit_summary
 
 __all__ = ["AGGREGATES", "FamilyOutput", "FeatureFamily", "PassBatch", "tokens_per_chunk"]
@@ -49,7 +49,6 @@ class PassBatch:
 
     Attributes
     ----------
-    llm : LLM
     head : Head
         The LLM's head with float32 weights (features are computed in float32).
     final_hidden : Tensor (N, D), float32
@@ -62,7 +61,6 @@ class PassBatch:
         How many tokens a family may push through the head at once (memory budget).
     """
 
-    llm: LLM
     head: Head
     final_hidden: torch.Tensor
     token_ids: torch.Tensor

@@ -164,7 +164,6 @@ def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int) -> Pa
     out = llm.teacher_forced(pairs, logits=False)
     mask = out.response_mask  # (B, T_max)
     return PassBatch(
-        llm=llm,
         head=head,
         final_hidden=out.final_hidden[mask].to(torch.float32),  # (N, D)
         token_ids=out.response_ids[mask],  # (N,)

@@ -175,15 +175,23 @@ class LLM:
         return self.model.get_input_embeddings()(input_ids.to(self.device))
 
     # ---- the teacher-forced pass ------------------------------------------------------------
-    def pad(self, pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-pad the pairs' input ids: ``input_ids`` and ``attention_mask`` (B, L_max)."""
-        length = max(len(pair.input_ids) for pair in pairs)
-        input_ids = torch.full((len(pairs), length), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(pairs), length), dtype=torch.long)
-        for row, pair in enumerate(pairs):
-            ids = pair.input_ids
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
+    def pad(
+        self, sequences: Sequence[Sequence[int]], side: str = "right"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad token id sequences into ``input_ids`` and ``attention_mask`` (B, L_max).
+
+        Right padding for teacher forcing (positions need no adjustment); left padding for
+        generation (every row's next token is in the last column).
+        """
+        if side not in ("left", "right"):
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+        length = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for row, ids in enumerate(sequences):
+            columns = slice(0, len(ids)) if side == "right" else slice(length - len(ids), length)
+            input_ids[row, columns] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, columns] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
     def teacher_forced(
@@ -199,7 +207,7 @@ class LLM:
         """
         if not pairs:
             raise ValueError("teacher_forced needs at least one pair")
-        input_ids, attention_mask = self.pad(pairs)
+        input_ids, attention_mask = self.pad([pair.input_ids for pair in pairs])
         prompt_lengths = torch.tensor([len(p.prompt_ids) for p in pairs], device=self.device)
         response_lengths = torch.tensor([len(p.response_ids) for p in pairs], device=self.device)
         t_max = int(response_lengths.max())
