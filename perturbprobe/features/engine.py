@@ -117,7 +117,7 @@ def extract(
                 token_rows[index] = per_pair_tokens[row].numpy()
             bar.update(len(indices))
 
-    kept = [index for index in range(len(records)) if index in pairs]
+    kept = list(pairs)  # record indices in record order
     features = _features_frame(records, kept, schema, response_rows)
     tokens = _tokens_frame(llm, records, kept, pairs, token_schema, token_rows)
     _check_finite(features, schema, tokens, token_schema)
