@@ -8,11 +8,15 @@ non-zero without a traceback; library callers can catch the base class or a subc
 from __future__ import annotations
 
 __all__ = [
+    "BundleError",
+    "CalibrationError",
     "DatasetError",
     "ExtractionError",
     "ModelLoadError",
     "PairEncodingError",
     "PerturbprobeError",
+    "PerturbprobeWarning",
+    "ProbeError",
 ]
 
 
@@ -34,3 +38,19 @@ class PairEncodingError(PerturbprobeError, ValueError):
 
 class ExtractionError(PerturbprobeError, ValueError):
     """Feature extraction cannot run: a bad family name or option, or an unusable FeatureSet."""
+
+
+class ProbeError(PerturbprobeError, ValueError):
+    """A probe cannot be fitted or applied: bad features or labels, an unknown probe name."""
+
+
+class CalibrationError(PerturbprobeError, ValueError):
+    """A calibrator, metric or risk-control threshold got unusable input (one class, bad range)."""
+
+
+class BundleError(PerturbprobeError):
+    """A probe bundle is missing, corrupt, edited, or does not match the LLM or features."""
+
+
+class PerturbprobeWarning(UserWarning):
+    """Something was off but continuing is sound (e.g. few rows per class, imputed values)."""
