@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ._version import __version__
-from .errors import ExtractionError, PerturbprobeError
+from .errors import ExtractionError, PerturbprobeError, ProbeError
 
 logger = logging.getLogger("perturbprobe")
 
@@ -66,6 +66,8 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
     Typical flow:
       perturbprobe collect --dataset builtin:easy-qa --out records.jsonl
       perturbprobe extract --records records.jsonl --out features/
+      perturbprobe fit --features features/ --probe lightgbm
+      perturbprobe score --bundle models/<llm>/lightgbm --input pairs.jsonl --out scored.jsonl
     Run `perturbprobe COMMAND --help` for the options of a command.
     """
     ctx.meta["perturbprobe.debug"] = debug
@@ -226,6 +228,167 @@ def extract(
     )
 
 
+_PROBES = ["lightgbm", "logistic", "ccps", "ccps-cnn"]
+_CALIBRATORS = ["isotonic", "platt", "temperature", "histogram", "none"]
+
+
+@cli.command()
+@click.option(
+    "--features",
+    "-f",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="FeatureSet directory written by `extract` (labelled records).",
+)
+@click.option("--probe", "-p", type=click.Choice(_PROBES), default="lightgbm", show_default=True)
+@click.option(
+    "--calibrator", "-c", type=click.Choice(_CALIBRATORS), default="isotonic", show_default=True
+)
+@click.option(
+    "--families",
+    help="Fit on these comma-separated feature families only  [default: every column]",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Probe hyper-parameter, e.g. --param n_estimators=300 (values parsed as JSON).",
+)
+@click.option(
+    "--target-risk",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Store an abstention threshold keeping the error rate of kept answers at most this.",
+)
+@click.option(
+    "--delta",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="The threshold's guarantee holds with probability at least 1 - delta.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds split and probe.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundle directory  [default: models/<llm>/<probe>]",
+)
+def fit(features, probe, calibrator, families, params, target_risk, delta, seed, overwrite, out):
+    """Fit a probe and a calibrator on held-out questions; save a bundle with its report."""
+    from .features import FeatureSet
+    from .probes import fit_bundle, llm_slug
+
+    featureset = FeatureSet.load(features)
+    out = out or Path("models") / llm_slug(featureset.manifest["llm"]["name"]) / probe
+    if out.exists() and not overwrite:
+        raise ProbeError(f"{out} already exists; choose another --out or pass --overwrite")
+    bundle = fit_bundle(
+        featureset,
+        probe=probe,
+        calibrator=calibrator,
+        probe_params=_parse_params(params),
+        families=[name.strip() for name in families.split(",")] if families else None,
+        target_risk=target_risk,
+        delta=delta,
+        random_state=seed,
+    )
+    bundle.save(out, overwrite=overwrite)
+    _print_metrics(bundle.report, title="held-out test questions")
+    if bundle.abstention is not None:
+        _print_abstention(bundle.abstention)
+    click.echo(f"\nbundle written to {out} (report: {out / 'report.html'})")
+
+
+@cli.command()
+@click.option(
+    "--bundle",
+    "-b",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundle directory written by `fit`.",
+)
+@click.option(
+    "--features",
+    "-f",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Labelled FeatureSet directory; records the probe was fitted or calibrated on are "
+    "left out.",
+)
+@click.option("--allow-llm-mismatch", is_flag=True, help="Evaluate features from a different LLM.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for report.html and metrics.json.",
+)
+def evaluate(bundle, features, allow_llm_mismatch, out):
+    """Report a bundle's probe next to the calibrated baselines on labelled features."""
+    from .features import FeatureSet
+    from .probes import ProbeBundle, evaluate_bundles
+
+    probe_bundle = ProbeBundle.load(bundle)
+    featureset = FeatureSet.load(features)
+    probe_bundle.check_features(featureset, allow_llm_mismatch=allow_llm_mismatch)
+    report = evaluate_bundles(probe_bundle, featureset, allow_llm_mismatch=allow_llm_mismatch)
+    paths = report.write(out)
+    _print_metrics(report, title=f"{report.summary['evaluated on']['records']} records")
+    click.echo(f"\nreport written to {paths['report.html']}")
+
+
+@cli.command()
+@_common_model_options
+@click.option(
+    "--bundle",
+    "-b",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundle directory written by `fit`.",
+)
+@click.option(
+    "--input",
+    "-i",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL of pairs: 'messages' (or 'question') and 'response'; other fields pass through.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--allow-llm-mismatch",
+    is_flag=True,
+    help="Score even if the LLM differs from the one the probe was fitted on.",
+)
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL to write: the input rows with 'confidence' (and 'abstain').",
+)
+@click.pass_obj
+def score(obj, model, device, dtype, bundle, input_path, batch_size, allow_llm_mismatch, out):
+    """Score answers with a saved bundle (production use); input order is kept."""
+    from .probes import ProbeBundle, Scorer, score_file
+
+    probe_bundle = ProbeBundle.load(bundle)  # verify before loading the LLM
+    scorer = Scorer(
+        probe_bundle,
+        _load(model, dtype, device),
+        allow_llm_mismatch=allow_llm_mismatch,
+        batch_size=batch_size,
+    )
+    errors = score_file(scorer, input_path, out, progress=obj["progress"])
+    for number, reason in list(errors.items())[:20]:
+        click.echo(f"perturbprobe: {input_path}:{number}: not scored: {reason}", err=True)
+    if len(errors) > 20:
+        click.echo(f"perturbprobe: … and {len(errors) - 20} more lines not scored", err=True)
+    click.echo(f"scored lines written to {out} ({len(errors)} could not be scored)")
+
+
 @cli.command()
 @_common_model_options
 @click.option("--dataset", "-d", default="builtin:easy-qa", show_default=True)
@@ -236,18 +399,29 @@ def extract(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("runs/demo"),
     show_default=True,
-    help="Where the demo writes its outputs.",
+    help="Records, features and the report; records and features are reused on a second run.",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+    help="The best probe's bundle goes to <models-dir>/<llm>/<probe>.",
 )
 @click.pass_obj
-def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir):
+def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir, models_dir):
     """The main job, end to end, on the embedded default LLM.
 
-    Loads the LLM, answers and grades a built-in dataset, prints the accuracy per category,
-    extracts every feature family and prints the features that best separate right from
-    wrong answers. Writes records and features under --out-dir.
+    Answers and grades a built-in dataset (plus its gold and wrong answers), extracts every
+    feature family, fits the LightGBM, logistic and CCPS probes with isotonic calibration,
+    compares them with the calibrated baselines on held-out questions, saves the best bundle
+    and writes an HTML report.
     """
+    import time
+
     from .demo import run_demo
 
+    start = time.perf_counter()
     llm = _load(model, dtype, device)
     result = run_demo(
         llm,
@@ -255,19 +429,19 @@ def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir):
         dataset=dataset,
         limit=limit,
         batch_size=batch_size,
+        models_dir=models_dir,
         progress=obj["progress"],
     )
     _print_accuracy(result.accuracy, title=f"{llm.name} on {dataset}")
-    if result.ranking is None:
-        click.echo("\nall answers got the same label: no feature ranking (use more questions)")
-    else:
-        click.echo("\nfeatures that best separate right from wrong answers (AUROC of each alone)")
-        for row in result.ranking.head(10).itertuples(index=False):
-            click.echo(f"  {row.feature:<45} {row.auroc:.3f}")
-        baseline = result.ranking.set_index("feature").loc["baseline/mean_log_prob", "auroc"]
-        click.echo(f"  {'baseline/mean_log_prob, for comparison':<45} {baseline:.3f}")
-    click.echo(f"\nrecords written to {result.records_path}")
-    click.echo(f"features written to {result.features_path}")
+    _print_metrics(result.report, title="held-out questions, the LLM's own answers")
+    click.echo(
+        "\nbest probe on the validation answers: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result.validation_auroc.items())
+        + f" (AUROC) → {result.best}"
+    )
+    click.echo(f"bundle written to {result.bundle_path}")
+    click.echo(f"report written to {result.report_path}")
+    click.echo(f"done in {time.perf_counter() - start:.0f} s")
 
 
 def _load(model: str, dtype: str, device: str | None):
@@ -278,6 +452,51 @@ def _load(model: str, dtype: str, device: str | None):
     transformers_logging.disable_progress_bar()  # our own bars show the work that matters
     logger.info("loading %s", model)
     return load_llm(model, dtype=dtype, device=device)
+
+
+def _parse_params(items) -> dict:
+    import json
+
+    params = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ProbeError(f"--param {item!r} is not of the form KEY=VALUE")
+        try:
+            params[key.strip()] = json.loads(raw)
+        except ValueError:
+            params[key.strip()] = raw
+    return params
+
+
+_TABLE_METRICS = ("auroc", "ece", "brier", "auprc_incorrect", "selective_accuracy@80")
+
+
+def _print_metrics(report, title: str) -> None:
+    click.echo(f"\n{title} (95% bootstrap intervals; ECE and Brier: lower is better)")
+    names = list(report.metrics)
+    width = max(len(name) for name in names) + 2
+    click.echo(" " * width + "".join(f"{metric:>24}" for metric in _TABLE_METRICS))
+    for name in names:
+        cells = []
+        for metric in _TABLE_METRICS:
+            value = report.metrics[name][metric]
+            cells.append(f"{value.value:.3f} [{value.low:.3f}, {value.high:.3f}]")
+        click.echo(f"{name:<{width}}" + "".join(f"{cell:>24}" for cell in cells))
+
+
+def _print_abstention(threshold) -> None:
+    if threshold.threshold is None:
+        click.echo(
+            f"\nno abstention threshold certifies risk <= {threshold.target_risk} "
+            f"(delta {threshold.delta}); every answer would be abstained on"
+        )
+        return
+    click.echo(
+        f"\nabstain below confidence {threshold.threshold:.3f}: keeps {threshold.coverage:.1%} "
+        f"of test answers with error rate {threshold.selective_risk:.3f} "
+        f"(<= {threshold.target_risk} with probability >= {1 - threshold.delta:.2f})"
+    )
 
 
 def _print_accuracy(table, title: str) -> None:

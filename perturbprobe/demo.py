@@ -1,52 +1,54 @@
 """The main job end to end on the embedded default LLM (``perturbprobe demo``).
 
-Today: answer and grade a built-in dataset, extract every feature family, and rank the
-features by how well each alone separates right from wrong answers (AUROC). Later issues add
-probe fitting, calibration and reports.
+1. Collect: the LLM answers every question of a dataset greedily and a grader labels each
+   answer; the questions' gold and wrong answers are added as extra training records.
+2. Extract every feature family.
+3. Fit the LightGBM, logistic and CCPS probes on the same question-grouped split, each with
+   an isotonic calibrator and a risk-controlled abstention threshold.
+4. Evaluate them next to the calibrated baselines on the held-out questions' generated
+   answers, pick the probe with the best validation AUROC, save its bundle under
+   ``models/<llm>/<probe>`` and write one report comparing everything.
+
+Steps 1 and 2 are cached in the output directory: a second run with the same LLM, dataset
+and options reuses the records and features.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .data import accuracy_table, collect, load_dataset, write_records
-from .features import FeatureSet, extract
+from ._io import atomic_write
+from .calibration.metrics import roc_auc_score
+from .calibration.report import Report
+from .data import accuracy_table, collect, load_dataset, read_records, write_records
+from .features import ExtractorConfig, FeatureSet, extract
 from .llm import LLM
+from .probes import evaluate_bundles, fit_bundle, llm_slug, split_by_question
 
-__all__ = ["DemoResult", "feature_auroc", "run_demo"]
+__all__ = ["DEMO_PROBES", "DemoResult", "run_demo"]
 
 logger = logging.getLogger(__name__)
+
+DEMO_PROBES = ("lightgbm", "logistic", "ccps")
 
 
 @dataclass
 class DemoResult:
-    """What the demo produced: the accuracy table, the feature ranking and where files went."""
+    """What the demo produced."""
 
-    accuracy: pd.DataFrame
-    ranking: pd.DataFrame | None  # None when every answer got the same label
-    records_path: Path
-    features_path: Path
-
-
-def feature_auroc(featureset: FeatureSet) -> pd.DataFrame:
-    """AUROC of each response-level feature alone for predicting ``label == 1``.
-
-    Returns a DataFrame with columns ``feature``, ``auroc`` and ``separation`` =
-    |AUROC − 0.5| (direction-free), sorted by separation, largest first.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    y = featureset.y
-    if len(set(y)) < 2:
-        raise ValueError("feature_auroc needs both correct and incorrect answers")
-    rows = [(name, roc_auc_score(y, featureset.X[name])) for name in featureset.schema]
-    table = pd.DataFrame(rows, columns=["feature", "auroc"])
-    table["separation"] = (table["auroc"] - 0.5).abs()
-    return table.sort_values("separation", ascending=False, ignore_index=True)
+    accuracy: pd.DataFrame  # per-category accuracy of the LLM's own answers
+    report: Report  # every probe and baseline on the held-out generated answers
+    best: str  # name of the probe whose bundle was saved
+    validation_auroc: dict[str, float]  # probe name -> AUROC on the validation answers
+    bundle_path: Path
+    report_path: Path
 
 
 def run_demo(
@@ -56,19 +58,101 @@ def run_demo(
     dataset: str = "builtin:easy-qa",
     limit: int | None = None,
     batch_size: int = 32,
+    probes: Sequence[str] = DEMO_PROBES,
+    calibrator: str = "isotonic",
+    target_risk: float = 0.2,
+    models_dir: str | Path = "models",
+    seed: int = 0,
     progress: bool = True,
 ) -> DemoResult:
-    """Collect and grade answers, extract all features, rank them; write under ``out_dir``."""
+    """Collect, extract, fit, evaluate, save; outputs go under ``out_dir`` and ``models_dir``."""
     out_dir = Path(out_dir)
+    records = _records(llm, out_dir, dataset, limit, batch_size, progress)
+    featureset = _features(llm, records, out_dir, progress)
+    y = featureset.y
+    split = split_by_question(featureset.question_ids, y, random_state=seed)
+    bundles = {}
+    for name in probes:
+        logger.info("fitting the %s probe", name)
+        bundles[name] = fit_bundle(
+            featureset,
+            probe=name,
+            calibrator=calibrator,
+            target_risk=target_risk,
+            split=split,
+            random_state=seed,
+        )
+    validation = split.validation[featureset.sources[split.validation] == "generated"]
+    part = featureset.subset(validation)
+    validation_auroc = {
+        name: float(roc_auc_score(part.y, bundle.predict_raw(part)))
+        for name, bundle in bundles.items()
+    }
+    best = max(validation_auroc, key=validation_auroc.get)
+    bundle_path = Path(models_dir) / llm_slug(llm.name) / best
+    bundles[best].save(bundle_path, overwrite=True)
+    test = split.test[featureset.sources[split.test] == "generated"]
+    ordered = [bundles[best]] + [bundle for name, bundle in bundles.items() if name != best]
+    report = evaluate_bundles(
+        ordered,
+        featureset,
+        rows=test,
+        title=f"perturbprobe demo: {llm.name} on {dataset}",
+        summary={"validation AUROC (probe chosen by it)": validation_auroc},
+    )
+    paths = report.write(out_dir / "report")
+    return DemoResult(
+        accuracy=accuracy_table([r for r in records if r.source == "generated"]),
+        report=report,
+        best=best,
+        validation_auroc=validation_auroc,
+        bundle_path=bundle_path,
+        report_path=paths["report.html"],
+    )
+
+
+def _records(llm, out_dir: Path, dataset, limit, batch_size, progress):
+    """Generated answers plus gold and wrong answers; reused when the inputs match."""
+    path = out_dir / "records.jsonl"
+    key = {"llm": llm.fingerprint, "dataset": dataset, "limit": limit}
+    if _is_cached(path, key):
+        logger.info("reusing the records in %s", path)
+        return read_records(path)
     examples = load_dataset(dataset, limit=limit)
     records = collect(llm, examples, batch_size=batch_size, progress=progress)
-    records_path = write_records(out_dir / "records.jsonl", records)
-    logger.info("records written to %s", records_path)
-    featureset = extract(llm, records, skip_invalid=True, progress=progress)
-    features_path = featureset.save(out_dir / "features", overwrite=True)
-    return DemoResult(
-        accuracy=accuracy_table(records),
-        ranking=feature_auroc(featureset) if len(set(featureset.y)) == 2 else None,
-        records_path=records_path,
-        features_path=features_path,
-    )
+    records += collect(None, examples, source="gold")
+    write_records(path, records)
+    _write_key(path, key)
+    return records
+
+
+def _features(llm, records, out_dir: Path, progress) -> FeatureSet:
+    """All families for every record; reused when the LLM, options and records match."""
+    path = out_dir / "features"
+    config = ExtractorConfig.create()
+    records_digest = hashlib.sha256((out_dir / "records.jsonl").read_bytes()).hexdigest()
+    key = {"llm": llm.fingerprint, "config": config.to_dict(), "records": records_digest}
+    if _is_cached(path, key):
+        logger.info("reusing the features in %s", path)
+        return FeatureSet.load(path)
+    featureset = extract(llm, records, config=config, skip_invalid=True, progress=progress)
+    featureset.save(path, overwrite=True)
+    _write_key(path, key)
+    return featureset
+
+
+def _key_path(path: Path) -> Path:
+    return path.with_name(path.name + ".key.json")
+
+
+def _is_cached(path: Path, key: dict) -> bool:
+    """Whether ``path`` was produced from exactly ``key`` (the key is written last)."""
+    try:
+        return path.exists() and json.loads(_key_path(path).read_text()) == key
+    except (OSError, ValueError):
+        return False
+
+
+def _write_key(path: Path, key: dict) -> None:
+    with atomic_write(_key_path(path)) as handle:
+        json.dump(key, handle)

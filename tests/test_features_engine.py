@@ -500,7 +500,7 @@ def test_schema_names(reference_fs):
     assert AGGREGATES == ("mean", "std", "min", "max", "first", "last")
     assert len(fs.schema) == 6 * (5 + 76) + 4 + 9
     assert list(fs.X.columns) == fs.schema
-    assert list(fs.features.columns[:3]) == ["record_id", "question_id", "label"]
+    assert list(fs.features.columns[:4]) == ["record_id", "question_id", "label", "source"]
     assert list(fs.tokens.columns[:4]) == ["record_id", "token_index", "token_id", "token"]
     assert fs.manifest["schema"] == fs.schema and fs.manifest["token_schema"] == fs.token_schema
 

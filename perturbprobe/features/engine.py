@@ -193,6 +193,7 @@ def _features_frame(records, kept, schema, rows) -> pd.DataFrame:
     frame.insert(0, "record_id", [records[i].id for i in kept])
     frame.insert(1, "question_id", [records[i].question_id for i in kept])
     frame.insert(2, "label", pd.array([records[i].label for i in kept], dtype="Int64"))
+    frame.insert(3, "source", [records[i].source for i in kept])
     return frame
 
 

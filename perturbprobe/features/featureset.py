@@ -3,7 +3,8 @@
 A FeatureSet directory holds
 
 - ``features.parquet``: one row per scored record — ``record_id``, ``question_id``,
-  ``label`` (nullable), then the response-level feature columns in schema order;
+  ``label`` (nullable), ``source`` (generated, gold or wrong), then the response-level
+  feature columns in schema order;
 - ``tokens.parquet``: one row per response token — ``record_id``, ``token_index``,
   ``token_id``, ``token``, then the per-token feature columns;
 - ``manifest.json``: format version, perturbprobe version, creation time, the extractor
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,10 @@ __all__ = ["FORMAT_VERSION", "FeatureSet"]
 
 # Bump when a reader of the previous version would misread the files (renamed or removed
 # columns, changed meaning). Adding manifest keys does not need a bump.
-FORMAT_VERSION = 1
+# Version 2 added the ``source`` column.
+FORMAT_VERSION = 2
 _FILES = ("features.parquet", "tokens.parquet", "manifest.json")
-_ID_COLUMNS = ["record_id", "question_id", "label"]
+_ID_COLUMNS = ["record_id", "question_id", "label", "source"]
 _TOKEN_ID_COLUMNS = ["record_id", "token_index", "token_id", "token"]
 
 
@@ -45,7 +48,7 @@ class FeatureSet:
 
     Attributes
     ----------
-    features : DataFrame (n_records, 3 + n_features)
+    features : DataFrame (n_records, 4 + n_features)
     tokens : DataFrame (n_tokens, 4 + n_token_features)
     manifest : dict
     """
@@ -90,6 +93,11 @@ class FeatureSet:
         return self.features["question_id"].tolist()
 
     @property
+    def sources(self) -> np.ndarray:
+        """Provenance of each record (n_records,): ``generated``, ``gold`` or ``wrong``."""
+        return self.features["source"].to_numpy(dtype=object)
+
+    @property
     def skipped(self) -> list[dict[str, str]]:
         """Records that could not be scored: ``[{"id": ..., "reason": ...}]``."""
         return list(self.manifest.get("skipped", []))
@@ -100,6 +108,29 @@ class FeatureSet:
         if rows.empty and record_id not in set(self.record_ids):
             raise KeyError(f"no record {record_id!r} in this FeatureSet")
         return rows.sort_values("token_index")[self.token_schema].to_numpy(dtype=np.float32)
+
+    def token_sequences(self, columns: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Per-token feature matrices, one (T_i, n_columns) float32 array per record, in
+        record order (the input of sequence probes); ``columns`` default to the token schema."""
+        columns = self.token_schema if columns is None else list(columns)
+        missing = [name for name in columns if name not in self.tokens]
+        if missing:
+            raise ExtractionError(f"no per-token column {missing[0]!r} in this FeatureSet")
+        order = {record_id: i for i, record_id in enumerate(self.record_ids)}
+        position = self.tokens["record_id"].map(order).to_numpy()
+        ranked = np.lexsort((self.tokens["token_index"].to_numpy(), position))
+        values = self.tokens[columns].to_numpy(dtype=np.float32)[ranked]
+        counts = np.bincount(position[ranked], minlength=len(order))
+        return np.split(values, np.cumsum(counts)[:-1])
+
+    def subset(self, rows: np.ndarray) -> FeatureSet:
+        """The records at positions ``rows`` (int indices or a boolean mask), same manifest."""
+        rows = np.asarray(rows)
+        positions = np.flatnonzero(rows) if rows.dtype == bool else rows
+        features = self.features.iloc[positions].reset_index(drop=True)
+        kept = self.tokens["record_id"].isin(set(features["record_id"]))
+        tokens = self.tokens[kept].reset_index(drop=True)
+        return FeatureSet(features=features, tokens=tokens, manifest=self.manifest)
 
     def __len__(self) -> int:
         return len(self.features)

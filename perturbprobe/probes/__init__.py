@@ -1,2 +1,39 @@
-"""Probes (logistic, LightGBM, the CCPS contrastive MLP/CNN), bundles and the production
-Scorer. Not implemented yet: planned in the next issues (see ARCHITECTURE.md)."""
+"""Probes that turn features into P(correct), the bundle format and the production Scorer.
+
+- estimators (scikit-learn compatible): :class:`LogisticProbe`, :class:`LightGBMProbe`,
+  :class:`CCPSProbe` (contrastive MLP), :class:`CCPSSequenceProbe` (contrastive 1-D CNN);
+- :func:`fit_bundle`: split by question, fit, calibrate, evaluate → :class:`ProbeBundle`;
+- :func:`evaluate_bundles`: probes next to calibrated baselines on labelled features;
+- :class:`Scorer`: load a bundle and score (prompt, response) pairs in production.
+"""
+
+from .base import PROBES, Probe, make_probe
+from .bundle import BUNDLE_FORMAT_VERSION, ProbeBundle, llm_slug
+from .ccps import CCPSProbe, CCPSSequenceProbe
+from .evaluation import evaluate_bundles, heldout_rows
+from .fitting import fit_bundle
+from .lightgbm import LightGBMProbe
+from .logistic import LogisticProbe
+from .scorer import Scorer, Scores, score_file
+from .splits import QuestionSplit, split_by_question
+
+__all__ = [
+    "BUNDLE_FORMAT_VERSION",
+    "PROBES",
+    "CCPSProbe",
+    "CCPSSequenceProbe",
+    "LightGBMProbe",
+    "LogisticProbe",
+    "Probe",
+    "ProbeBundle",
+    "QuestionSplit",
+    "Scorer",
+    "Scores",
+    "evaluate_bundles",
+    "fit_bundle",
+    "heldout_rows",
+    "llm_slug",
+    "make_probe",
+    "score_file",
+    "split_by_question",
+]

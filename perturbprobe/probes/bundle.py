@@ -1,0 +1,306 @@
+"""ProbeBundle: a fitted probe with everything needed to use it safely, as a directory.
+
+A bundle directory holds
+
+- ``manifest.json``: format version, perturbprobe version, creation time, the LLM's identity
+  (name, architecture, sizes, fingerprint of tokenizer and head), the extractor config, the
+  feature schema (ordered columns the probe reads), the probe's name and hyper-parameters,
+  the calibrator, the abstention threshold (if any), a training-data summary, the held-out
+  metrics, the sha256 of every other file, and ``manifest_sha256`` over the rest of the
+  manifest itself;
+- the probe's state: ``logistic.joblib`` (scikit-learn), ``lightgbm.txt`` (LightGBM's own text
+  format) or ``ccps.safetensors`` + ``ccps.json`` (torch weights); written by the probe;
+- ``calibrators.json``: the probe's calibrator and the baselines' calibrators (plain numbers);
+- ``split.json``: the record ids of the train / validation / test parts;
+- ``report.html``, ``metrics.json``, ``reliability.png``: the held-out evaluation.
+
+:meth:`ProbeBundle.load` checks the format version, the manifest's own hash and every file's
+hash, so a corrupt or hand-edited bundle is refused. Bundles are written to a temporary
+sibling directory and renamed, so an interrupted save never leaves a directory that looks
+complete.
+
+.. warning::
+   ``logistic.joblib`` is a pickle: loading it runs code. Load only bundles you trust (the
+   hashes catch corruption and edits, not a malicious author).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..calibration.calibrators import Calibrator, calibrator_from_dict
+from ..calibration.report import Report
+from ..calibration.risk_control import RiskControlledThreshold
+from ..errors import BundleError, PerturbprobeError
+from ..features import ExtractorConfig, FeatureSet
+from .base import Probe, probe_class
+
+__all__ = ["BUNDLE_FORMAT_VERSION", "ProbeBundle", "llm_slug"]
+
+# Bump when a reader of the previous version would misread a bundle (renamed files or keys,
+# changed meaning). New optional manifest keys do not need a bump.
+BUNDLE_FORMAT_VERSION = 1
+_MANIFEST = "manifest.json"
+_CALIBRATORS = "calibrators.json"
+_SPLIT = "split.json"
+
+
+@dataclass
+class ProbeBundle:
+    """A fitted probe, its calibrator and provenance; see the module docstring for the files.
+
+    Attributes
+    ----------
+    probe : Probe
+        Fitted; reads the columns ``schema`` (table probes) or ``token_schema`` (sequence).
+    calibrator : Calibrator
+        Fitted on the validation part; maps the probe's P(correct) to a calibrated one.
+    manifest : dict
+        ``llm``, ``extractor``, ``schema``, ``token_schema``, ``probe``, ``calibrator``,
+        ``training``, ``metrics`` (and, once saved or loaded, versions and hashes).
+    baseline_calibrators : dict of str to Calibrator
+        Calibrators of the baseline scores, fitted on the same part as ``calibrator``.
+    abstention : RiskControlledThreshold or None
+        Abstain below this calibrated confidence (selective risk ≤ r with prob. ≥ 1 − δ).
+    report : Report or None
+        The held-out evaluation (written as report.html, metrics.json, reliability.png).
+    split : dict of str to list of str
+        Record ids of the ``train``, ``validation`` and ``test`` parts.
+    """
+
+    probe: Probe
+    calibrator: Calibrator
+    manifest: dict[str, Any]
+    baseline_calibrators: dict[str, Calibrator] = field(default_factory=dict)
+    abstention: RiskControlledThreshold | None = None
+    report: Report | None = None
+    split: dict[str, list[str]] = field(default_factory=dict)
+
+    # ---- what the probe reads ---------------------------------------------------------------
+    @property
+    def schema(self) -> list[str]:
+        """Response-level columns a table probe reads, in order (empty for sequence probes)."""
+        return list(self.manifest["schema"])
+
+    @property
+    def token_schema(self) -> list[str]:
+        """Per-token columns a sequence probe reads, in order (empty for table probes)."""
+        return list(self.manifest["token_schema"])
+
+    @property
+    def extractor_config(self) -> ExtractorConfig:
+        """The extractor config restricted to the families the probe reads."""
+        config = self.manifest["extractor"]
+        needed = {name.split("/", 1)[0] for name in self.schema + self.token_schema}
+        families = {k: v for k, v in config["families"].items() if k in needed}
+        return ExtractorConfig.from_dict({**config, "families": families})
+
+    def probe_inputs(self, featureset: FeatureSet, *, allow_llm_mismatch: bool = False):
+        """The probe's input for every record of ``featureset``: a DataFrame (n, F) in schema
+        order, or a list of (T_i, F) arrays; raises BundleError if the features do not match."""
+        self.check_features(featureset, allow_llm_mismatch=allow_llm_mismatch)
+        if self.probe.input_kind == "sequence":
+            return featureset.token_sequences(self.token_schema)
+        return featureset.features[self.schema]
+
+    def predict_raw(self, featureset: FeatureSet, *, allow_llm_mismatch: bool = False):
+        """The probe's uncalibrated P(correct) (n,) for every record of ``featureset``."""
+        inputs = self.probe_inputs(featureset, allow_llm_mismatch=allow_llm_mismatch)
+        return self.probe.predict_proba(inputs)[:, 1]
+
+    def predict_confidence(
+        self, featureset: FeatureSet, *, allow_llm_mismatch: bool = False
+    ) -> np.ndarray:
+        """Calibrated P(correct) (n,) for every record of ``featureset``."""
+        raw = self.predict_raw(featureset, allow_llm_mismatch=allow_llm_mismatch)
+        return self.calibrator.transform(raw)
+
+    def abstain(self, confidence: np.ndarray) -> np.ndarray | None:
+        """Boolean (n,): True where the bundle's threshold says abstain; None without one."""
+        return None if self.abstention is None else self.abstention.abstain(confidence)
+
+    # ---- compatibility checks ---------------------------------------------------------------
+    def check_llm(self, identity: dict[str, Any], *, allow_mismatch: bool = False) -> None:
+        """Refuse an LLM whose fingerprint differs from the one the probe was fitted on."""
+        expected = self.manifest["llm"]
+        if identity.get("fingerprint") == expected.get("fingerprint") or allow_mismatch:
+            return
+        raise BundleError(
+            f"this probe was fitted on LLM {expected.get('name')!r} "
+            f"({expected.get('architecture')}, vocab {expected.get('vocab_size')}, fingerprint "
+            f"{str(expected.get('fingerprint'))[:12]}…) but the features come from "
+            f"{identity.get('name')!r} (fingerprint {str(identity.get('fingerprint'))[:12]}…); "
+            "its confidences would be meaningless. Use the bundle's LLM, or pass "
+            "allow_llm_mismatch=True / --allow-llm-mismatch if you know the weights are the same"
+        )
+
+    def check_features(self, featureset: FeatureSet, *, allow_llm_mismatch: bool = False) -> None:
+        """Refuse features with missing columns, other family options or another LLM."""
+        self.check_llm(featureset.manifest["llm"], allow_mismatch=allow_llm_mismatch)
+        available = set(featureset.schema) | set(featureset.token_schema)
+        missing = [name for name in self.schema + self.token_schema if name not in available]
+        if missing:
+            raise BundleError(
+                f"the features lack {len(missing)} column(s) the probe reads "
+                f"(e.g. {', '.join(missing[:3])}); extract with the bundle's families: "
+                f"{', '.join(self.extractor_config.families)}"
+            )
+        ours = self.extractor_config.to_dict()
+        theirs = featureset.manifest["config"]
+        for family, options in ours["families"].items():
+            if theirs["families"].get(family) != options:
+                raise BundleError(
+                    f"family {family!r} was extracted with options "
+                    f"{theirs['families'].get(family)} but the probe was fitted with {options}; "
+                    "extract again with the bundle's options"
+                )
+        if theirs.get("response_end") != ours["response_end"]:
+            raise BundleError(
+                f"features use response_end={theirs.get('response_end')!r}, the probe was fitted "
+                f"with {ours['response_end']!r}; extract again with --set "
+                f"response_end={ours['response_end']}"
+            )
+
+    # ---- files ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the bundle directory atomically; refuse to replace one unless asked."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise BundleError(f"{path} already exists; choose another --out or pass --overwrite")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            self.probe.save_state(staging)
+            calibrators = {
+                "probe": self.calibrator.to_dict(),
+                "baselines": {k: c.to_dict() for k, c in self.baseline_calibrators.items()},
+            }
+            _write_json(staging / _CALIBRATORS, calibrators)
+            _write_json(staging / _SPLIT, self.split)
+            if self.report is not None:
+                self.report.write(staging)
+            manifest = {
+                **self.manifest,
+                "format_version": BUNDLE_FORMAT_VERSION,
+                "perturbprobe_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "abstention": None if self.abstention is None else self.abstention.to_dict(),
+                "files": {
+                    file.name: _sha256(file)
+                    for file in sorted(staging.iterdir())
+                    if file.is_file() and file.name != _MANIFEST
+                },
+            }
+            manifest.pop("manifest_sha256", None)
+            manifest["manifest_sha256"] = _manifest_hash(manifest)
+            _write_json(staging / _MANIFEST, manifest)
+            if path.exists():
+                shutil.rmtree(path)
+            staging.rename(path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.manifest = manifest
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ProbeBundle:
+        """Read and verify a bundle directory (version, hashes); the report is not loaded."""
+        path = Path(path)
+        manifest_path = path / _MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(
+                f"{path} is not a probe bundle (no {_MANIFEST}); create one with `perturbprobe fit`"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BundleError(
+                f"{manifest_path} is unreadable ({exc}); the bundle is corrupt"
+            ) from exc
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        if version != BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"{path}: bundle format version {version!r}, this perturbprobe reads "
+                f"{BUNDLE_FORMAT_VERSION}; fit the probe again with this version"
+            )
+        if manifest.get("manifest_sha256") != _manifest_hash(manifest):
+            raise BundleError(
+                f"{manifest_path} was edited after the bundle was saved (its hash does not match); "
+                "re-create the bundle with `perturbprobe fit`"
+            )
+        for name, digest in manifest["files"].items():
+            file = path / name
+            if not file.is_file():
+                raise BundleError(f"{path}: bundle file {name} is missing; the bundle is corrupt")
+            if _sha256(file) != digest:
+                raise BundleError(
+                    f"{path}: bundle file {name} is corrupt or was modified (sha256 mismatch); "
+                    "re-create the bundle with `perturbprobe fit`"
+                )
+        try:
+            probe = probe_class(manifest["probe"]["name"]).load_state(
+                path, manifest["probe"]["params"]
+            )
+            calibrators = json.loads((path / _CALIBRATORS).read_text(encoding="utf-8"))
+            calibrator = calibrator_from_dict(calibrators["probe"])
+            baselines = {k: calibrator_from_dict(v) for k, v in calibrators["baselines"].items()}
+            abstention = manifest.get("abstention")
+            if abstention is not None:
+                abstention = RiskControlledThreshold.from_dict(abstention)
+            split = json.loads((path / _SPLIT).read_text(encoding="utf-8"))
+        except PerturbprobeError as exc:
+            raise BundleError(f"{path}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            raise BundleError(f"{path}: unusable bundle ({type(exc).__name__}: {exc})") from exc
+        return cls(
+            probe=probe,
+            calibrator=calibrator,
+            manifest=manifest,
+            baseline_calibrators=baselines,
+            abstention=abstention,
+            split=split,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ProbeBundle({self.manifest['probe']['name']} + {self.manifest['calibrator']['name']}"
+            f", {len(self.schema) or len(self.token_schema)} features, "
+            f"LLM {self.manifest['llm'].get('name')!r})"
+        )
+
+
+def llm_slug(name: str) -> str:
+    """Directory-safe short name of an LLM: ``HuggingFaceTB/SmolLM2-135M-Instruct`` →
+    ``smollm2-135m-instruct`` (bundles default to ``models/<slug>/<probe>``)."""
+    stem = Path(str(name).rstrip("/")).name.removesuffix(".gguf")
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.") or "llm"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_hash(manifest: dict[str, Any]) -> str:
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")

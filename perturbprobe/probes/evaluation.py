@@ -1,0 +1,116 @@
+"""Evaluate fitted bundles on labelled features: probes next to the calibrated baselines.
+
+Every score is evaluated on the same rows with the same bootstrap resamples, so the report's
+intervals compare like with like. The baselines (see :mod:`.baselines`) go through the
+calibrators stored in the bundle, fitted on the same validation rows as the probe's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..calibration.report import Report, build_report
+from ..features import FeatureSet
+from .baselines import baseline_scores
+from .bundle import ProbeBundle
+
+__all__ = ["count_values", "evaluate_bundles", "heldout_rows", "probe_label"]
+
+logger = logging.getLogger(__name__)
+
+
+def probe_label(bundle: ProbeBundle) -> str:
+    """The name a bundle's probe has in reports, e.g. ``probe: lightgbm + isotonic``."""
+    return f"probe: {bundle.manifest['probe']['name']} + {bundle.manifest['calibrator']['name']}"
+
+
+def heldout_rows(bundle: ProbeBundle, featureset: FeatureSet) -> np.ndarray:
+    """Positions of the records of ``featureset`` the bundle was neither fitted nor calibrated
+    on (all of them for new data; the test part when given the training features)."""
+    seen = set(bundle.split.get("train", [])) | set(bundle.split.get("validation", []))
+    return np.flatnonzero([record_id not in seen for record_id in featureset.record_ids])
+
+
+def evaluate_bundles(
+    bundles: ProbeBundle | Sequence[ProbeBundle],
+    featureset: FeatureSet,
+    *,
+    rows: np.ndarray | None = None,
+    summary: dict[str, Any] | None = None,
+    n_bootstrap: int = 1000,
+    random_state: int = 0,
+    title: str = "perturbprobe calibration report",
+    allow_llm_mismatch: bool = False,
+) -> Report:
+    """Report on the probes of ``bundles`` and the baselines, on the labelled rows ``rows``.
+
+    Parameters
+    ----------
+    bundles : ProbeBundle or sequence of them
+        The first is the primary (highlighted) score; the baselines use its calibrators.
+    featureset : FeatureSet
+        Must carry labels and the columns every bundle reads (checked).
+    rows : int array, optional
+        Positions of the records to evaluate on; default: those held out from every bundle.
+    summary : dict, optional
+        Extra entries for the report's data summary.
+    allow_llm_mismatch : bool
+        Evaluate features extracted with another LLM than the bundles' (normally refused).
+    """
+    bundles = [bundles] if isinstance(bundles, ProbeBundle) else list(bundles)
+    if rows is None:
+        rows = np.arange(len(featureset))
+        for bundle in bundles:
+            rows = np.intersect1d(rows, heldout_rows(bundle, featureset))
+        if len(rows) < len(featureset):
+            logger.info(
+                "evaluating on the %d of %d records the probe(s) were not fitted or calibrated on",
+                len(rows),
+                len(featureset),
+            )
+    part = featureset.subset(rows)
+    y = part.y
+    scores = {
+        probe_label(bundle): bundle.predict_confidence(part, allow_llm_mismatch=allow_llm_mismatch)
+        for bundle in bundles
+    }
+    primary = bundles[0]
+    for name, raw in baseline_scores(part.features).items():
+        calibrator = primary.baseline_calibrators.get(name)
+        if calibrator is not None:
+            scores[f"baseline: {name}"] = calibrator.transform(raw)
+    importances = getattr(primary.probe, "feature_importances_", None)
+    report_summary = {
+        "evaluated on": {
+            "records": len(y),
+            "correct": int(y.sum()),
+            "positive rate": round(float(y.mean()), 4),
+            "sources": count_values(part.sources),
+        },
+        "LLM": primary.manifest["llm"],
+        "probe": primary.manifest["probe"],
+        "calibrator": primary.manifest["calibrator"]["name"],
+        "training": primary.manifest.get("training", {}),
+        "extractor config": primary.manifest["extractor"],
+        **(summary or {}),
+    }
+    return build_report(
+        y,
+        scores,
+        primary=probe_label(primary),
+        summary=report_summary,
+        importances=importances if hasattr(importances, "nlargest") else None,
+        title=title,
+        n_bootstrap=n_bootstrap,
+        random_state=random_state,
+    )
+
+
+def count_values(values: np.ndarray) -> dict[str, int]:
+    """``{value: count}`` of a 1-D array, JSON-ready."""
+    names, counts = np.unique(values.astype(str), return_counts=True)
+    return {str(name): int(count) for name, count in zip(names, counts, strict=True)}
