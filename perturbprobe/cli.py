@@ -336,7 +336,7 @@ def evaluate(bundle, features, allow_llm_mismatch, out):
     report = evaluate_bundles(probe_bundle, featureset, allow_llm_mismatch=allow_llm_mismatch)
     paths = report.write(out)
     _print_metrics(report, title=f"{report.summary['evaluated on']['records']} records")
-    click.echo(f"\nreport written to {paths['report.html']}")
+    click.echo(f"\nreport written to {paths['report']}")
 
 
 @cli.command()

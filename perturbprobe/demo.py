@@ -107,7 +107,7 @@ def run_demo(
         best=best,
         validation_auroc=validation_auroc,
         bundle_path=bundle_path,
-        report_path=paths["report.html"],
+        report_path=paths["report"],
     )
 
 

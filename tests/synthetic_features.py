@@ -36,7 +36,7 @@ TOKEN_SCHEMA = ["baseline/prob", "ccps/signal", "ccps/noise"]
 
 
 def synthetic_featureset(
-    n_questions: int = 120, *, seed: int = 0, fingerprint: str | None = None
+    n_questions: int = 120, *, seed: int = 0, fingerprint: str | None = None, prefix: str = "q"
 ) -> FeatureSet:
     rng = np.random.default_rng(seed)
     rows, token_rows = [], []
@@ -51,11 +51,11 @@ def synthetic_featureset(
             n_tokens = int(rng.integers(2, 7))
             token_signal = signal + rng.normal(scale=0.5, size=n_tokens)
             prob = 1 / (1 + np.exp(-(0.8 * token_signal + rng.normal(size=n_tokens))))
-            record_id = f"q{q}/{source}"
+            record_id = f"{prefix}{q}/{source}"
             rows.append(
                 {
                     "record_id": record_id,
-                    "question_id": f"q{q}",
+                    "question_id": f"{prefix}{q}",
                     "label": label,
                     "source": source,
                     "baseline/prob:mean": prob.mean(),

@@ -163,7 +163,7 @@ def test_evaluate_on_training_features_uses_only_unseen_records(lgbm_bundle, fea
     assert set(np.asarray(featureset.record_ids)[rows]) == set(lgbm_bundle.split["test"])
     report = evaluate_bundles(lgbm_bundle, featureset, n_bootstrap=0)
     assert report.summary["evaluated on"]["records"] == len(rows)
-    fresh = synthetic_featureset(30, seed=7)
+    fresh = synthetic_featureset(30, seed=7, prefix="new")
     assert len(heldout_rows(lgbm_bundle, fresh)) == len(fresh)
 
 

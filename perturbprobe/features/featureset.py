@@ -151,6 +151,7 @@ class FeatureSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
+            staging.chmod(0o755)  # mkdtemp makes it private; results are meant to be shared
             self.features.to_parquet(staging / "features.parquet", index=False)
             self.tokens.to_parquet(staging / "tokens.parquet", index=False)
             text = json.dumps(self.manifest, indent=2, ensure_ascii=False)

@@ -20,8 +20,8 @@ same correctness lie close together, then a classifier on top of it:
 Each stage uses Adam (L2 ``weight_decay``) and stops early when its loss on an internal
 validation split (grouped by question when ``groups`` is given) has not improved for
 ``patience`` epochs, restoring the best weights (epoch 0 = the weights the stage started
-from). Inputs are standardised with training statistics; missing values become the
-training medians first.
+from). Inputs are standardised with the statistics of the data given to ``fit`` (labels play
+no part); missing values become the training medians first.
 
 Determinism: the network is initialised and dropout is drawn from the global torch RNG seeded
 with ``random_state`` inside :func:`torch.random.fork_rng` (the caller's RNG state is restored
@@ -50,15 +50,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ProbeError
-from .base import Probe, check_parameter, derive_seed, validation_split
+from .base import Probe, check_parameter, derive_seed, is_int, validation_split
 
 __all__ = [
     "ACTIVATIONS",
+    "WIDTHS",
+    "ContrastiveNetwork",
     "ContrastiveProbe",
     "Standardiser",
     "contrastive_loss",
     "contrastive_pair_losses",
     "mlp",
+    "widths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -191,6 +194,18 @@ def _seeded(device: torch.device, seed: int) -> Iterator[None]:
 
 # (inputs, labels) of a batch → the per-element loss terms whose mean is the loss
 _LossTerms = Callable[[tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]
+# A parameter check: (name, predicate on the value, what is expected)
+_Rule = tuple[str, Callable[[Any], bool], str]
+WIDTHS = "a non-empty tuple of ints >= 1"
+
+
+def widths(value: Any) -> bool:
+    """Whether ``value`` is a non-empty sequence of layer widths (ints ≥ 1)."""
+    return len(value) >= 1 and all(is_int(width, 1) for width in value)
+
+
+def _at_least(minimum: int) -> Callable[[Any], bool]:
+    return lambda value: is_int(value, minimum)
 
 
 class ContrastiveProbe(Probe):
@@ -238,30 +253,28 @@ class ContrastiveProbe(Probe):
                 f"as 'cpu' or 'cuda:0'. Got {self.device!r} instead."
             ) from exc
 
-    def _check_parameters(self) -> None:
-        def positive_ints(values: Any) -> bool:
-            return all(isinstance(v, int) and v >= 1 for v in values)
-
-        check = check_parameter
-        check(self, "head_hidden", positive_ints(self.head_hidden), "a tuple of ints >= 1")
-        check(self, "embedding_dim", positive_ints([self.embedding_dim]), "an int >= 1")
-        check(self, "activation", self.activation in ACTIVATIONS, f"one of {sorted(ACTIVATIONS)}")
-        check(self, "dropout", 0 <= self.dropout < 1, "a float in [0, 1)")
-        check(self, "margin", self.margin > 0, "a float > 0")
-        check(self, "batch_size", positive_ints([self.batch_size - 1]), "an int >= 2")
-        check(self, "lr", self.lr > 0, "a float > 0")
-        check(self, "weight_decay", self.weight_decay >= 0, "a float >= 0")
-        check(
-            self, "contrastive_epochs", positive_ints([self.contrastive_epochs + 1]), "an int >= 0"
-        )
-        check(self, "epochs", positive_ints([self.epochs]), "an int >= 1")
-        check(self, "patience", positive_ints([self.patience]), "an int >= 1")
-        check(self, "validation_fraction", 0 < self.validation_fraction < 1, "a float in (0, 1)")
+    def _parameter_rules(self) -> list[_Rule]:
+        """(name, predicate, expected) of every checked parameter; encoders add theirs."""
+        return [
+            ("embedding_dim", _at_least(1), "an int >= 1"),
+            ("head_hidden", widths, WIDTHS),
+            ("activation", ACTIVATIONS.__contains__, f"one of {sorted(ACTIVATIONS)}"),
+            ("dropout", lambda v: 0 <= v < 1, "a float in [0, 1)"),
+            ("margin", lambda v: v > 0, "a float > 0"),
+            ("batch_size", _at_least(2), "an int >= 2"),
+            ("lr", lambda v: v > 0, "a float > 0"),
+            ("weight_decay", lambda v: v >= 0, "a float >= 0"),
+            ("contrastive_epochs", _at_least(0), "an int >= 0"),
+            ("epochs", _at_least(1), "an int >= 1"),
+            ("patience", _at_least(1), "an int >= 1"),
+            ("validation_fraction", lambda v: 0 < v < 1, "a float in (0, 1)"),
+        ]
 
     # -- training ---------------------------------------------------------------------------
 
     def _fit(self, X: Any, y: np.ndarray, groups: np.ndarray | None) -> None:
-        self._check_parameters()
+        for name, valid, expected in self._parameter_rules():
+            check_parameter(self, name, valid, expected)
         device = self._device()
         seed = derive_seed(self.random_state)
         split = validation_split(y, groups, self.validation_fraction, seed)
@@ -269,16 +282,16 @@ class ContrastiveProbe(Probe):
         inputs = tuple(t.to(device) for t in self._inputs(X))
         labels = torch.as_tensor(y, dtype=torch.float32, device=device)
         shuffler = torch.Generator().manual_seed(seed)
-        margin = float(self.margin)
-
-        def pair_terms(batch: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-            return contrastive_pair_losses(network.encoder(*batch), target, margin)
-
-        def bce_terms(batch: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-            return F.binary_cross_entropy_with_logits(network(*batch), target, reduction="none")
-
         with _seeded(device, seed):
             network = self._build_network(inputs[0].shape[-1]).to(device)
+
+            def pair_terms(batch: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+                return contrastive_pair_losses(network.encoder(*batch), target, self.margin)
+
+            def bce_terms(batch: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+                logits = network(*batch)
+                return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
             history = {}
             stages = [
                 ("contrastive", network.encoder, pair_terms, self.contrastive_epochs),
@@ -362,12 +375,11 @@ class ContrastiveProbe(Probe):
     def _predict_positive(self, X: Any) -> np.ndarray:
         device = next(self.network_.parameters()).device
         self.network_.eval()
-        inputs = self._inputs(X)
+        logits = []
         with torch.no_grad():
-            logits = [
-                self.network_(*(t[start : start + _PREDICT_CHUNK].to(device) for t in inputs))
-                for start in range(0, len(inputs[0]), _PREDICT_CHUNK)
-            ]
+            for start in range(0, len(X), _PREDICT_CHUNK):  # bounded memory for padded tokens
+                inputs = self._inputs(X[start : start + _PREDICT_CHUNK])
+                logits.append(self.network_(*(t.to(device) for t in inputs)))
         return torch.sigmoid(torch.cat(logits)).double().cpu().numpy()
 
     def _write_state(self, directory: Path) -> list[str]:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import importlib
 import numbers
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 from sklearn.utils import check_random_state
@@ -47,6 +48,7 @@ __all__ = [
     "Probe",
     "check_parameter",
     "derive_seed",
+    "is_int",
     "make_probe",
     "probe_class",
     "validation_split",
@@ -73,26 +75,38 @@ def _listed(items: Sequence[Any]) -> str:
     return shown + (f" (and {extra} more)" if extra > 0 else "")
 
 
-def check_parameter(estimator: BaseEstimator, name: str, ok: bool, expected: str) -> None:
-    """Raise the one parameter-error message when ``ok`` is false.
+def check_parameter(
+    estimator: BaseEstimator, name: str, valid: Callable[[Any], bool], expected: str
+) -> None:
+    """Raise the one parameter-error message unless ``valid(value)`` holds (a TypeError counts
+    as invalid).
 
     Raises
     ------
     ProbeError
         ``The 'lr' parameter of CCPSProbe must be a float > 0. Got -1 instead.``
     """
+    value = getattr(estimator, name)
+    try:
+        ok = bool(valid(value))
+    except TypeError:
+        ok = False
     if not ok:
-        value = getattr(estimator, name)
         raise ProbeError(
             f"The {name!r} parameter of {type(estimator).__name__} must be {expected}. "
             f"Got {value!r} instead."
         )
 
 
+def is_int(value: Any, minimum: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) ≥ ``minimum``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
 def derive_seed(random_state: int | np.random.RandomState | None) -> int:
     """The integer seed a probe trains with: ``random_state`` itself when it is an int in
     [0, 2**31), else one drawn from it (``None``: fresh randomness, not reproducible)."""
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+    if is_int(random_state, minimum=-(2**63)):
         if not 0 <= random_state < 2**31:
             raise ProbeError(f"random_state must be in [0, 2**31); got {random_state}")
         return int(random_state)
@@ -183,7 +197,7 @@ def _check_labels(y: Any, n_rows: int) -> np.ndarray:
             f"but with fewer than {MIN_ROWS_PER_CLASS} of a class the probe and its metrics "
             "are noisy",
             PerturbprobeWarning,
-            stacklevel=4,
+            stacklevel=3,
         )
     return labels
 
@@ -206,6 +220,8 @@ def _table_to_array(X: Any) -> np.ndarray:
             bad = [c for c, ok in zip(X.columns, numeric, strict=True) if not ok]
             raise ProbeError(f"X must be numeric; non-numeric columns: {_listed(bad)}")
         return X.to_numpy(dtype=np.float64, na_value=np.nan)
+    if sparse.issparse(X):
+        raise ProbeError("sparse X is not supported; pass a dense array or DataFrame")
     try:
         array = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -213,6 +229,12 @@ def _table_to_array(X: Any) -> np.ndarray:
     if array.ndim != 2:
         raise ProbeError(f"X must be 2-D (records × features); got shape {array.shape}")
     return array
+
+
+def _column_names(X: Any) -> np.ndarray | None:
+    if isinstance(X, pd.DataFrame) and all(isinstance(c, str) for c in X.columns):
+        return np.asarray(X.columns, dtype=object)
+    return None
 
 
 def _to_sequences(X: Any) -> list[np.ndarray]:
@@ -262,6 +284,7 @@ class Probe(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
+        tags.classifier_tags.multi_class = False  # labels are 1 (correct) / 0 (incorrect)
         return tags
 
     # -- fit / predict ----------------------------------------------------------------------
@@ -288,11 +311,15 @@ class Probe(ClassifierMixin, BaseEstimator):
             One-class labels, fewer than 2 rows of a class, infinite values, an all-missing
             feature, or malformed inputs.
         """
-        data = self._check_features(X, fitting=True)
+        data, n_features, names = self._check_features(X, fitting=True)
         labels = _check_labels(y, len(data))
-        groups = _check_groups(groups, len(data))
+        self._fit(data, labels, _check_groups(groups, len(data)))
         self.classes_ = np.array([0, 1])
-        self._fit(data, labels, groups)
+        self.n_features_in_ = n_features
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):  # refitted on an array
+            del self.feature_names_in_
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -309,12 +336,13 @@ class Probe(ClassifierMixin, BaseEstimator):
             Column 1 is P(correct); rows sum to 1.
         """
         check_is_fitted(self)
-        positive = self._predict_positive(self._check_features(X, fitting=False))
+        positive = self._predict_positive(self._check_features(X, fitting=False)[0])
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X: Any) -> np.ndarray:
         """1 where P(correct) ≥ 0.5, else 0; shape (n,)."""
-        return self.classes_[(self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)]
+        positive = self.predict_proba(X)[:, 1]
+        return self.classes_[(positive >= 0.5).astype(np.int64)]
 
     def _fit(self, X: Any, y: np.ndarray, groups: np.ndarray | None) -> None:
         raise NotImplementedError
@@ -325,48 +353,39 @@ class Probe(ClassifierMixin, BaseEstimator):
 
     # -- validation -------------------------------------------------------------------------
 
-    def _check_features(self, X: Any, *, fitting: bool) -> np.ndarray | list[np.ndarray]:
-        """Validated features: float64 (n, F), or a list of float64 (T_i, F) for sequences."""
+    def _check_features(self, X: Any, *, fitting: bool) -> tuple[Any, int, np.ndarray | None]:
+        """Validated features — float64 (n, F), or a list of float64 (T_i, F) for sequences —
+        with F and the column names (None unless X is a DataFrame with string columns)."""
         if self.input_kind == "sequence":
-            data = _to_sequences(X)
+            data, names = _to_sequences(X), None
             n_features = data[0].shape[1] if data else 0
         else:
-            self._check_column_names(X, fitting=fitting)
-            data = _table_to_array(X)
+            data, names = _table_to_array(X), _column_names(X)
             n_features = data.shape[1]
         if len(data) == 0 or n_features == 0:
             raise ProbeError(f"X is empty: {len(data)} records with {n_features} features")
-        if fitting:
-            self.n_features_in_ = n_features
-        elif n_features != self.n_features_in_:
-            raise ProbeError(f"expected {self.n_features_in_} features, got {n_features}")
+        if not fitting:
+            if n_features != self.n_features_in_:
+                raise ProbeError(f"expected {self.n_features_in_} features, got {n_features}")
+            self._check_names(names)
         self._check_values(data, X, fitting=fitting)
-        return data
+        return data, n_features, names
 
-    def _check_column_names(self, X: Any, *, fitting: bool) -> None:
-        names = None
-        if isinstance(X, pd.DataFrame) and all(isinstance(c, str) for c in X.columns):
-            names = np.asarray(X.columns, dtype=object)
-        if fitting:
-            if names is not None:
-                self.feature_names_in_ = names
-            elif hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-            return
+    def _check_names(self, names: np.ndarray | None) -> None:
+        """Refuse DataFrame columns that differ (names or order) from those seen at fit."""
         expected = getattr(self, "feature_names_in_", None)
         if expected is None or names is None or np.array_equal(names, expected):
             return
-        if len(names) != len(expected):
-            raise ProbeError(f"expected {len(expected)} features, got {len(names)}")
         differences = [
             f"column {i}: expected {want!r}, got {got!r}"
             for i, (want, got) in enumerate(zip(expected, names, strict=True))
             if want != got
         ]
+        more = len(differences) - _MAX_LISTED
         raise ProbeError(
             "X's columns differ from those seen at fit (same names, same order needed): "
             + "; ".join(differences[:_MAX_LISTED])
-            + (f" (and {len(differences) - _MAX_LISTED} more)" if len(differences) > 5 else "")
+            + (f" (and {more} more)" if more > 0 else "")
         )
 
     def _check_values(self, data: np.ndarray | list[np.ndarray], X: Any, *, fitting: bool) -> None:

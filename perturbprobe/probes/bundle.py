@@ -182,6 +182,7 @@ class ProbeBundle:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
+            staging.chmod(0o755)  # mkdtemp makes it private; results are meant to be shared
             self.probe.save_state(staging)
             calibrators = {
                 "probe": self.calibrator.to_dict(),

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._contrastive import ACTIVATIONS, ContrastiveProbe, mlp
-from .base import check_parameter
+from ._contrastive import ACTIVATIONS, WIDTHS, ContrastiveProbe, mlp, widths
+from .base import is_int
 
 __all__ = ["CCPSProbe", "CCPSSequenceProbe", "MaskedCNNEncoder"]
 
@@ -120,10 +120,8 @@ class CCPSProbe(ContrastiveProbe):
         self.random_state = random_state
         self.device = device
 
-    def _check_parameters(self) -> None:
-        super()._check_parameters()
-        ok = all(isinstance(w, int) and w >= 1 for w in self.hidden)
-        check_parameter(self, "hidden", ok, "a tuple of ints >= 1")
+    def _parameter_rules(self) -> list[tuple]:
+        return [*super()._parameter_rules(), ("hidden", widths, WIDTHS)]
 
     def _build_encoder(self, n_features: int) -> nn.Module:
         return mlp(n_features, self.hidden, self.embedding_dim, self.activation, self.dropout)
@@ -270,12 +268,13 @@ validation_fraction, random_state, device
         self.random_state = random_state
         self.device = device
 
-    def _check_parameters(self) -> None:
-        super()._check_parameters()
-        ok = len(self.channels) >= 1 and all(isinstance(c, int) and c >= 1 for c in self.channels)
-        check_parameter(self, "channels", ok, "a non-empty tuple of ints >= 1")
-        check_parameter(self, "kernel_size", self.kernel_size >= 1, "an int >= 1")
-        check_parameter(self, "max_length", self.max_length >= 1, "an int >= 1")
+    def _parameter_rules(self) -> list[tuple]:
+        return [
+            *super()._parameter_rules(),
+            ("channels", widths, WIDTHS),
+            ("kernel_size", lambda v: is_int(v, 1), "an int >= 1"),
+            ("max_length", lambda v: is_int(v, 1), "an int >= 1"),
+        ]
 
     def _build_encoder(self, n_features: int) -> nn.Module:
         return MaskedCNNEncoder(

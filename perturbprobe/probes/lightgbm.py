@@ -31,7 +31,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from .base import Probe, check_parameter, derive_seed, validation_split
+from .base import Probe, check_parameter, derive_seed, is_int, validation_split
 
 __all__ = ["LightGBMProbe"]
 
@@ -127,14 +127,10 @@ class LightGBMProbe(Probe):
         return (*super()._state_errors(), lgb.basic.LightGBMError)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> None:
-        check_parameter(self, "n_estimators", self.n_estimators >= 1, "an int >= 1")
-        check_parameter(self, "learning_rate", self.learning_rate > 0, "a float > 0")
-        check_parameter(
-            self, "validation_fraction", 0 < self.validation_fraction < 1, "a float in (0, 1)"
-        )
-        check_parameter(
-            self, "early_stopping_rounds", self.early_stopping_rounds >= 1, "an int >= 1"
-        )
+        check_parameter(self, "n_estimators", lambda v: is_int(v, 1), "an int >= 1")
+        check_parameter(self, "learning_rate", lambda v: v > 0, "a float > 0")
+        check_parameter(self, "validation_fraction", lambda v: 0 < v < 1, "a float in (0, 1)")
+        check_parameter(self, "early_stopping_rounds", lambda v: is_int(v, 1), "an int >= 1")
         seed = derive_seed(self.random_state)
         train, validation = validation_split(y, groups, self.validation_fraction, seed)
         params = {
