@@ -2,7 +2,7 @@
 
 Each fold holds out a fifth of the questions as test; the rest is split again (by question)
 into training and calibration parts, and :func:`perturbprobe.probes.fit_bundle` fits the
-probe and an isotonic calibrator (and the same calibrator on each baseline). The calibrated
+probe and a Platt calibrator (and the same calibrator on each baseline). The calibrated
 out-of-fold confidences of the LLM's own (generated) answers are pooled over the folds and
 evaluated once, with bootstrap 95% intervals.
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", default="runs/demo/features")
     parser.add_argument("--probes", default="lightgbm,logistic,ccps,ccps-cnn")
-    parser.add_argument("--calibrator", default="isotonic")
+    parser.add_argument("--calibrator", default="platt")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -229,7 +229,7 @@ def extract(
 
 
 _PROBES = ["lightgbm", "logistic", "ccps", "ccps-cnn"]
-_CALIBRATORS = ["isotonic", "platt", "temperature", "histogram", "none"]
+_CALIBRATORS = ["platt", "isotonic", "temperature", "histogram", "none"]
 
 
 @cli.command()
@@ -242,7 +242,7 @@ _CALIBRATORS = ["isotonic", "platt", "temperature", "histogram", "none"]
 )
 @click.option("--probe", "-p", type=click.Choice(_PROBES), default="lightgbm", show_default=True)
 @click.option(
-    "--calibrator", "-c", type=click.Choice(_CALIBRATORS), default="isotonic", show_default=True
+    "--calibrator", "-c", type=click.Choice(_CALIBRATORS), default="platt", show_default=True
 )
 @click.option(
     "--families",
@@ -439,6 +439,8 @@ def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir, models_
         + ", ".join(f"{k} {v:.3f}" for k, v in result.validation_auroc.items())
         + f" (AUROC) → {result.best}"
     )
+    if result.bundle.abstention is not None:
+        _print_abstention(result.bundle.abstention)
     click.echo(f"bundle written to {result.bundle_path}")
     click.echo(f"report written to {result.report_path}")
     click.echo(f"done in {time.perf_counter() - start:.0f} s")

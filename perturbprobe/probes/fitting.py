@@ -46,7 +46,7 @@ def fit_bundle(
     featureset: FeatureSet,
     *,
     probe: str | Probe = "lightgbm",
-    calibrator: str = "isotonic",
+    calibrator: str = "platt",
     probe_params: dict[str, Any] | None = None,
     families: Sequence[str] | None = None,
     target_risk: float | None = None,
@@ -67,7 +67,10 @@ def fit_bundle(
     probe : str or Probe
         ``lightgbm``, ``logistic``, ``ccps`` or ``ccps-cnn``, or an unfitted probe instance.
     calibrator : str
-        ``isotonic``, ``platt``, ``temperature``, ``histogram`` or ``none``.
+        ``platt`` (default), ``isotonic``, ``temperature``, ``histogram`` or ``none``.
+        Platt is the default because calibration sets are small (a fifth of the LLM's own
+        answers): on the default LLM's 182 validation answers isotonic regression tied
+        scores into steps, cost ~0.03 AUROC and raised the NLL (0.70 vs 0.51).
     probe_params : dict, optional
         Hyper-parameters for a probe given by name.
     families : sequence of str, optional
