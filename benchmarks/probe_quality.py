@@ -79,7 +79,7 @@ def main() -> None:
     )
     width = max(map(len, scores)) + 2
     print(f"{'score':<{width}}" + "".join(f"{m:>24}" for m in METRICS))
-    for name, confidence in scores.items():
+    for name, confidence in sorted(scores.items(), key=lambda item: item[0].startswith("base")):
         values = evaluate_confidence(y, confidence, n_bootstrap=1000, random_state=args.seed)
         cells = [
             f"{values[m].value:.3f} [{values[m].low:.3f}, {values[m].high:.3f}]" for m in METRICS

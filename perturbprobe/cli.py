@@ -413,7 +413,8 @@ def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir, models_
     """The main job, end to end, on the embedded default LLM.
 
     Answers and grades a built-in dataset (plus its gold and wrong answers), extracts every
-    feature family, fits the LightGBM, logistic and CCPS probes with isotonic calibration,
+    feature family, fits the LightGBM, logistic and CCPS (MLP and CNN) probes with Platt
+    calibration,
     compares them with the calibrated baselines on held-out questions, saves the best bundle
     and writes an HTML report.
     """

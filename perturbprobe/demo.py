@@ -3,7 +3,8 @@
 1. Collect: the LLM answers every question of a dataset greedily and a grader labels each
    answer; the questions' gold and wrong answers are added as extra training records.
 2. Extract every feature family.
-3. Fit the LightGBM, logistic and CCPS probes on the same question-grouped split, each with
+3. Fit the LightGBM, logistic and both CCPS probes (MLP on response-level features, CNN on
+   per-token features) on the same question-grouped split, each with
    a Platt calibrator and a risk-controlled abstention threshold.
 4. Evaluate them next to the calibrated baselines on the held-out questions' generated
    answers, pick the probe with the best validation AUROC, save its bundle under
@@ -36,7 +37,7 @@ __all__ = ["DEMO_PROBES", "DemoResult", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_PROBES = ("lightgbm", "logistic", "ccps")
+DEMO_PROBES = ("lightgbm", "logistic", "ccps", "ccps-cnn")
 
 
 @dataclass

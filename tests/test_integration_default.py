@@ -106,7 +106,7 @@ def test_demo_end_to_end_then_score_with_the_saved_bundle(tmp_path):
         assert name in first.stdout
     assert (out / "report" / "report.html").is_file()
     bundles = list((models / "smollm2-135m-instruct").iterdir())
-    assert len(bundles) == 1 and bundles[0].name in ("lightgbm", "logistic", "ccps")
+    assert len(bundles) == 1 and bundles[0].name in ("lightgbm", "logistic", "ccps", "ccps-cnn")
     features = FeatureSet.load(out / "features")
     assert set(features.sources) == {"generated", "gold", "wrong"}
     assert (features.sources == "generated").sum() == 60
