@@ -62,7 +62,7 @@ def run_demo(
     batch_size: int = 32,
     probes: Sequence[str] = DEMO_PROBES,
     calibrator: str = "platt",
-    target_risk: float = 0.2,
+    target_risk: float = 0.25,
     models_dir: str | Path = "models",
     seed: int = 0,
     progress: bool = True,

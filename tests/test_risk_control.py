@@ -178,14 +178,19 @@ def test_default_candidates_are_the_fixed_grid():
 def test_threshold_candidates_from_reference_quantiles():
     rng = np.random.default_rng(0)
     reference = rng.beta(5, 1, 300)
-    # r = δ = 0.1: 0.9^21 = 0.109 > 0.1 ≥ 0.9^22 = 0.098, so n_min = 22; c0 = 44 / 400 = 0.11
-    candidates = threshold_candidates(reference, n_test=400, target_risk=0.1, delta=0.1)
+    # r = δ = 0.1: 0.9^21 = 0.109 > 0.1 ≥ 0.9^22 = 0.098, so n_min = 22; c0 = 2·22 / 400 = 0.11
+    candidates = threshold_candidates(
+        reference, n_test=400, target_risk=0.1, delta=0.1, start_factor=2
+    )
     coverages = [0.11 + 0.01 * k for k in range(89)] + [1.0]
     expected = sorted({float(np.quantile(reference, 1 - c)) for c in coverages}, reverse=True)
     np.testing.assert_allclose(candidates, expected, atol=1e-12)
     assert (np.diff(candidates) < 0).all()
     kept_at_first = np.mean(reference >= candidates[0])
     assert kept_at_first == pytest.approx(0.11, abs=0.01)
+    # the default start_factor 5: c0 = 5·22 / 400 = 0.275
+    default = threshold_candidates(reference, n_test=400, target_risk=0.1, delta=0.1)
+    assert np.mean(reference >= default[0]) == pytest.approx(0.275, abs=0.01)
 
 
 def test_threshold_candidates_start_and_cap():
@@ -216,6 +221,8 @@ def test_reference_candidates_keep_more_than_the_default_grid():
         ({"n_test": 10.0}, "n_test must be a positive integer"),
         ({"step": 0}, r"step must be a number in \(0, 1\]; got 0"),
         ({"step": 1.5}, r"step must be a number in \(0, 1\]"),
+        ({"start_factor": 0}, "start_factor must be a positive number; got 0"),
+        ({"start_factor": "5"}, "start_factor must be a positive number; got '5'"),
         ({"target_risk": 1.0}, "target_risk must be a number strictly between 0 and 1"),
         ({"delta": -0.1}, "delta must be a number strictly between 0 and 1"),
         ({"reference_confidence": [0.5, 1.2]}, r"reference_confidence must lie in \[0, 1\]"),
