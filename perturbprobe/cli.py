@@ -319,23 +319,42 @@ def fit(features, probe, calibrator, families, params, target_risk, delta, seed,
 )
 @click.option("--allow-llm-mismatch", is_flag=True, help="Evaluate features from a different LLM.")
 @click.option(
+    "--ablation",
+    is_flag=True,
+    help="Also refit the bundle's probe on each feature family alone (on the bundle's split; "
+    "needs the features it was fitted on) and add the table to the report.",
+)
+@click.option(
     "--out",
     "-o",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory for report.html and metrics.json.",
 )
-def evaluate(bundle, features, allow_llm_mismatch, out):
+def evaluate(bundle, features, allow_llm_mismatch, ablation, out):
     """Report a bundle's probe next to the calibrated baselines on labelled features."""
     from .features import FeatureSet
-    from .probes import ProbeBundle, evaluate_bundles
+    from .probes import ProbeBundle, bundle_split, evaluate_bundles, family_ablation
 
     probe_bundle = ProbeBundle.load(bundle)
     featureset = FeatureSet.load(features)
     probe_bundle.check_features(featureset, allow_llm_mismatch=allow_llm_mismatch)
-    report = evaluate_bundles(probe_bundle, featureset, allow_llm_mismatch=allow_llm_mismatch)
+    table = None
+    if ablation:
+        table = family_ablation(
+            featureset,
+            bundle_split(probe_bundle, featureset),
+            probe=probe_bundle.manifest["probe"]["name"],
+            probe_params=probe_bundle.manifest["probe"]["params"],
+            calibrator=probe_bundle.manifest["calibrator"]["name"],
+        )
+    report = evaluate_bundles(
+        probe_bundle, featureset, allow_llm_mismatch=allow_llm_mismatch, ablation=table
+    )
     paths = report.write(out)
     _print_metrics(report, title=f"{report.summary['evaluated on']['records']} records")
+    if table is not None:
+        click.echo(f"\nablation on the bundle's test part\n{table.to_string()}")
     click.echo(f"\nreport written to {paths['report']}")
 
 
@@ -440,6 +459,8 @@ def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir, models_
         + ", ".join(f"{k} {v:.3f}" for k, v in result.validation_auroc.items())
         + f" (AUROC) → {result.best}"
     )
+    ablation = result.report.ablation
+    click.echo(f"\nablation: the {result.best} probe on each family alone\n{ablation.to_string()}")
     if result.bundle.abstention is not None:
         _print_abstention(result.bundle.abstention)
     click.echo(f"bundle written to {result.bundle_path}")

@@ -15,7 +15,9 @@ from perturbprobe.features import ExtractorConfig
 from perturbprobe.probes import (
     BUNDLE_FORMAT_VERSION,
     ProbeBundle,
+    bundle_split,
     evaluate_bundles,
+    family_ablation,
     fit_bundle,
     heldout_rows,
     llm_slug,
@@ -283,3 +285,30 @@ def test_existing_directory_needs_overwrite(lgbm_bundle, saved):
     loaded = ProbeBundle.load(saved)
     assert loaded.report is None  # the report's files stay on disk; load verifies, not parses
     assert repr(loaded).startswith("ProbeBundle(lightgbm + isotonic, 6 features")
+
+
+# ----------------------------------------------------------------------------- ablation
+
+
+def test_family_ablation_rows_and_bundle_split(lgbm_bundle, featureset):
+    split = bundle_split(lgbm_bundle, featureset)
+    ids = np.asarray(featureset.record_ids)
+    for part, rows in zip(("train", "validation", "test"), split.parts, strict=True):
+        assert sorted(ids[rows]) == sorted(lgbm_bundle.split[part])
+    table = family_ablation(featureset, split, probe="logistic", n_bootstrap=30)
+    assert list(table.index) == ["baseline", "ccps", "all families"]
+    assert table["features"].tolist() == [3, 3, 6]
+    assert list(table.columns) == ["features", "auroc", "ece", "brier", "aurc"]
+    # The signal lives in the ccps columns: ccps alone ranks answers well.
+    assert float(table.loc["ccps", "auroc"].split()[0]) > 0.75
+    # The "all families" row is the bundle fit_bundle makes with the same split and seed.
+    full = fit_bundle(featureset, probe="logistic", split=split, n_bootstrap=0)
+    test = split.test[featureset.sources[split.test] == "generated"]
+    part = featureset.subset(test)
+    auroc = roc_auc_score(part.y, full.predict_confidence(part))
+    assert table.loc["all families", "auroc"].startswith(f"{auroc:.3f}")
+
+
+def test_bundle_split_needs_the_training_records(lgbm_bundle):
+    with pytest.raises(BundleError, match=r"lack .* of the bundle's train records"):
+        bundle_split(lgbm_bundle, synthetic_featureset(30, prefix="new"))

@@ -200,9 +200,12 @@ def test_fit_evaluate_score_commands(saved_model, tmp_path):
 
     report = tmp_path / "report"
     args = ["-q", "evaluate", "-b", str(bundle), "-f", str(features), "-o", str(report)]
-    result = runner.invoke(cli, args)
+    result = runner.invoke(cli, [*args, "--ablation"])
     assert result.exit_code == 0, result.output
     assert (report / "report.html").is_file() and (report / "metrics.json").is_file()
+    assert "ablation on the bundle's test part" in result.stdout
+    ablation = json.loads((report / "metrics.json").read_text())["ablation"]
+    assert ablation["index"] == ["baseline", "ccps", "all families"]
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps(p) for p in PAIRS) + "\n{bad\n")

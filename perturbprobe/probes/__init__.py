@@ -4,9 +4,11 @@
   :class:`CCPSProbe` (contrastive MLP), :class:`CCPSSequenceProbe` (contrastive 1-D CNN);
 - :func:`fit_bundle`: split by question, fit, calibrate, evaluate → :class:`ProbeBundle`;
 - :func:`evaluate_bundles`: probes next to calibrated baselines on labelled features;
+- :func:`family_ablation`: the same probe on each feature family alone and on all;
 - :class:`Scorer`: load a bundle and score (prompt, response) pairs in production.
 """
 
+from .ablation import bundle_split, family_ablation
 from .base import PROBES, Probe, make_probe
 from .bundle import BUNDLE_FORMAT_VERSION, ProbeBundle, llm_slug
 from .ccps import CCPSProbe, CCPSSequenceProbe
@@ -29,7 +31,9 @@ __all__ = [
     "QuestionSplit",
     "Scorer",
     "Scores",
+    "bundle_split",
     "evaluate_bundles",
+    "family_ablation",
     "fit_bundle",
     "heldout_rows",
     "llm_slug",

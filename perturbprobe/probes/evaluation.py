@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..calibration.report import Report, build_report
 from ..features import FeatureSet
@@ -45,6 +46,7 @@ def evaluate_bundles(
     random_state: int = 0,
     title: str = "perturbprobe calibration report",
     allow_llm_mismatch: bool = False,
+    ablation: pd.DataFrame | None = None,
 ) -> Report:
     """Report on the probes of ``bundles`` and the baselines, on the labelled rows ``rows``.
 
@@ -60,6 +62,8 @@ def evaluate_bundles(
         Extra entries for the report's data summary.
     allow_llm_mismatch : bool
         Evaluate features extracted with another LLM than the bundles' (normally refused).
+    ablation : DataFrame, optional
+        A table from :func:`family_ablation`, shown in the report.
     """
     bundles = [bundles] if isinstance(bundles, ProbeBundle) else list(bundles)
     if rows is None:
@@ -104,6 +108,7 @@ def evaluate_bundles(
         primary=probe_label(primary),
         summary=report_summary,
         importances=importances if hasattr(importances, "nlargest") else None,
+        ablation=ablation,
         title=title,
         n_bootstrap=n_bootstrap,
         random_state=random_state,
