@@ -102,7 +102,7 @@ def test_demo_end_to_end_then_score_with_the_saved_bundle(tmp_path):
     out, models = tmp_path / "run", tmp_path / "models"
     first = _run("demo", "--limit", 60, "--out-dir", out, "--models-dir", models)
     assert "overall" in first.stdout and "accuracy" in first.stdout
-    for name in ("lightgbm", "logistic", "ccps", "baseline: mean token prob", "auroc"):
+    for name in ("lightgbm", "logistic", "ccps", "baseline: mean token prob", "auroc", "ablation"):
         assert name in first.stdout
     assert (out / "report" / "report.html").is_file()
     bundles = list((models / "smollm2-135m-instruct").iterdir())
