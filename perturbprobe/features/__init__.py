@@ -8,13 +8,14 @@ from .base import AGGREGATES, FamilyOutput, FeatureFamily, PassBatch
 from .baseline import Baseline
 from .ccps import CCPS, CCPSConfig
 from .config import ExtractorConfig
+from .embedding_perturbation import EmbeddingPerturbation, EmbeddingPerturbationConfig
 from .engine import extract
 from .entropy_dynamics import EntropyDynamics, EntropyDynamicsConfig
 from .featureset import FeatureSet
 
 #: Registered families, in default column order.
 FAMILIES: dict[str, type[FeatureFamily]] = {
-    family.name: family for family in (Baseline, CCPS, EntropyDynamics)
+    family.name: family for family in (Baseline, CCPS, EntropyDynamics, EmbeddingPerturbation)
 }
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "FAMILIES",
     "Baseline",
     "CCPSConfig",
+    "EmbeddingPerturbation",
+    "EmbeddingPerturbationConfig",
     "EntropyDynamics",
     "EntropyDynamicsConfig",
     "ExtractorConfig",

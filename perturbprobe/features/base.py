@@ -4,8 +4,8 @@ A family is a small class with
 
 - ``name``: its column prefix (``baseline`` → ``baseline/log_prob``);
 - ``Config``: a dataclass of hyper-parameters, every one with a default;
-- ``needs``: what it needs from the pass (``"final_hidden"``; later families add
-  ``"hidden_states"``, ``"backward"``, ``"extra_forward"``);
+- ``needs``: what it needs from the pass: ``"final_hidden"``, or ``"input_gradient"`` (the
+  :class:`EmbeddingPass`: input embeddings, ∇_E Σ log p(y_t) and perturbed forwards);
 - ``token_features()`` / ``response_features()``: its column names, known without data;
 - ``compute(batch) -> FamilyOutput``: the values for one batch.
 
@@ -18,12 +18,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from ..llm import Head
 from .distributions import logit_summary
+
+if TYPE_CHECKING:
+    from .embedding_pass import EmbeddingPass
 
 __all__ = ["AGGREGATES", "FamilyOutput", "FeatureFamily", "PassBatch", "tokens_per_chunk"]
 
@@ -59,6 +62,8 @@ class PassBatch:
         T_i, the response length of each pair.
     chunk_tokens : int
         How many tokens a family may push through the head at once (memory budget).
+    embedding_pass : EmbeddingPass or None
+        The pass on input embeddings with its gradient, when a family needs it.
     """
 
     head: Head
@@ -66,6 +71,7 @@ class PassBatch:
     token_ids: torch.Tensor
     lengths: torch.Tensor
     chunk_tokens: int
+    embedding_pass: EmbeddingPass | None = None
 
     @property
     def num_pairs(self) -> int:

@@ -23,15 +23,17 @@ from ..errors import ExtractionError, PairEncodingError
 from ..llm import LLM, EncodedPair
 from .base import PassBatch, aggregate_tokens, tokens_per_chunk
 from .config import ExtractorConfig
+from .embedding_pass import EmbeddingPass
 from .featureset import FORMAT_VERSION, FeatureSet
 
 __all__ = ["extract"]
 
 logger = logging.getLogger(__name__)
 
-# What one teacher-forced pass gives every family. Later families add "hidden_states",
-# "backward" and "extra_forward"; the engine then computes each once per batch.
-_PROVIDED = frozenset({"final_hidden"})
+# What the engine can give families, each computed once per batch: the final hidden states of
+# the teacher-forced pass, and the pass on input embeddings with one backward
+# (EmbeddingPass; its final hidden states then serve every family, so no second forward).
+_PROVIDED = frozenset({"final_hidden", "input_gradient"})
 
 
 def extract(
@@ -109,7 +111,9 @@ def extract(
     with bar:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            batch = _run_pass(llm, head, [pairs[i] for i in indices], chunk_tokens)
+            batch = _run_pass(
+                llm, head, [pairs[i] for i in indices], chunk_tokens, "input_gradient" in needs
+            )
             tokens, responses = _compute_families(family_objects, batch)
             per_pair_tokens = torch.split(tokens, batch.lengths.tolist())
             for row, index in enumerate(indices):
@@ -160,7 +164,17 @@ def _encode(llm, records, response_end, skip_invalid):
     return pairs, skipped
 
 
-def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int) -> PassBatch:
+def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int, gradient: bool):
+    if gradient:
+        embedding_pass = EmbeddingPass(llm, pairs, head, chunk_tokens)
+        return PassBatch(
+            head=head,
+            final_hidden=embedding_pass.final_hidden,
+            token_ids=embedding_pass.token_ids,
+            lengths=embedding_pass.response_mask.sum(dim=1),
+            chunk_tokens=chunk_tokens,
+            embedding_pass=embedding_pass,
+        )
     out = llm.teacher_forced(pairs, logits=False)
     mask = out.response_mask  # (B, T_max)
     return PassBatch(
