@@ -156,7 +156,8 @@ def collect(
     "--families",
     "-f",
     default=None,
-    help="Comma-separated feature families  [default: all: baseline,ccps,entropy_dynamics]",
+    help="Comma-separated feature families  [default: all: baseline,ccps,entropy_dynamics,"
+    "embedding_perturbation]",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option(
@@ -431,11 +432,10 @@ def score(obj, model, device, dtype, bundle, input_path, batch_size, allow_llm_m
 def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir, models_dir):
     """The main job, end to end, on the embedded default LLM.
 
-    Answers and grades a built-in dataset (plus its gold and wrong answers), extracts every
-    feature family, fits the LightGBM, logistic and CCPS (MLP and CNN) probes with Platt
-    calibration,
-    compares them with the calibrated baselines on held-out questions, saves the best bundle
-    and writes an HTML report.
+    Answers and grades a built-in dataset (plus its gold and wrong answers), extracts the
+    baseline, ccps and entropy_dynamics families, fits the LightGBM, logistic and CCPS (MLP
+    and CNN) probes with Platt calibration, compares them with the calibrated baselines on
+    held-out questions, saves the best bundle and writes an HTML report.
     """
     import time
 

@@ -142,7 +142,7 @@ def test_wheel_download_from_the_package_index(tmp_path, monkeypatch):
 
 
 def test_extract_all_families_on_the_default_llm(llm, tmp_path):
-    records = collect(llm, load_dataset("builtin:easy-qa", limit=4), source="gold")
+    records = collect(llm, load_dataset("builtin:easy-qa", limit=3), source="gold")
     featureset = extract(llm, records, batch_size=3, progress=False)
     tokens_per_record = featureset.tokens.groupby("record_id").size()
     assert len(featureset) == len(records) and (tokens_per_record >= 3).all()
@@ -150,9 +150,10 @@ def test_extract_all_families_on_the_default_llm(llm, tmp_path):
         "baseline",
         "ccps",
         "entropy_dynamics",
+        "embedding_perturbation",
     }
     assert len([c for c in featureset.token_schema if c.startswith("ccps/")]) == 76
-    assert len(featureset.schema) == 30 + 4 + 76 * 6 + 9
+    assert len(featureset.schema) == 30 + 4 + 76 * 6 + 9 + 3 * 6 + 9
     assert np.isfinite(featureset.X.to_numpy()).all()
     assert np.isfinite(featureset.tokens[featureset.token_schema].to_numpy()).all()
     assert featureset.manifest["llm"]["fingerprint"] == llm.fingerprint
