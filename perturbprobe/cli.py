@@ -22,6 +22,9 @@ _MODEL_HELP = (
 )
 
 
+_SET_HELP = "Override an extractor option, e.g. --set ccps.radius=10 --set response_end=eot."
+
+
 class _Group(click.Group):
     """Turns user errors into one-line messages (unless --debug) and Ctrl-C into exit 130."""
 
@@ -165,7 +168,7 @@ def collect(
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override an extractor option, e.g. --set ccps.radius=10 --set response_end=eot.",
+    help=_SET_HELP,
 )
 @click.option(
     "--skip-invalid",
@@ -411,6 +414,77 @@ def score(obj, model, device, dtype, bundle, input_path, batch_size, allow_llm_m
 
 @cli.command()
 @_common_model_options
+@click.option(
+    "--input",
+    "-i",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL of pairs: 'messages' (or 'question') and 'response'; optional 'first_error_step' "
+    "(index of the first wrong line) to report the detection rate.",
+)
+@click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--score",
+    type=click.Choice(["linf_adv", "l2_adv", "random"]),
+    default="linf_adv",
+    show_default=True,
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write each pair with its top tokens and line scores as JSONL.",
+)
+@click.pass_obj
+def localize(obj, model, device, dtype, input_path, top_k, score, overrides, batch_size, out):
+    """The response tokens most sensitive to perturbed input embeddings, per pair."""
+    import numpy as np
+
+    from ._io import write_jsonl
+    from .features import detection_rate
+    from .features import localize as run_localize
+
+    rows = _read_jsonl(input_path)
+    found = run_localize(
+        _load(model, dtype, device),
+        rows,
+        score=score,
+        overrides=overrides,
+        batch_size=batch_size,
+        progress=obj["progress"],
+    )
+    output = []
+    for number, (row, result) in enumerate(zip(rows, found, strict=True), 1):
+        top = result.top_k(top_k)
+        shown = ", ".join(f"{t.text!r}@{t.start} {t.score:.3g}" for t in top)
+        click.echo(f"{number}: {shown}")
+        steps = result.step_scores()
+        output.append(
+            {
+                **row,
+                "top_tokens": [vars(t) for t in top],
+                "line_scores": [None if np.isnan(s) else float(s) for s in steps],
+            }
+        )
+    annotated = [i for i, row in enumerate(rows) if "first_error_step" in row]
+    if annotated:
+        rate = detection_rate(
+            [found[i] for i in annotated],
+            [int(rows[i]["first_error_step"]) for i in annotated],
+            k=top_k,
+        )
+        click.echo(f"detection rate (first wrong line among the top {top_k}): {rate:.1%} "
+                   f"of {len(annotated)} annotated pairs")  # fmt: skip
+    if out is not None:
+        write_jsonl(out, output)
+        click.echo(f"written to {out}")
+
+
+@cli.command()
+@_common_model_options
 @click.option("--dataset", "-d", default="builtin:easy-qa", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N questions.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -476,6 +550,25 @@ def _load(model: str, dtype: str, device: str | None):
     transformers_logging.disable_progress_bar()  # our own bars show the work that matters
     logger.info("loading %s", model)
     return load_llm(model, dtype=dtype, device=device)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    from .errors import DatasetError
+
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise DatasetError(f"{path}:{number}: not valid JSON ({exc})") from exc
+    return rows
 
 
 def _parse_params(items) -> dict:

@@ -6,7 +6,7 @@ from .generation import generate_responses
 from .graders import GRADERS, normalize_answer, register_grader
 from .loaders import FORMATS, Dataset, load_dataset
 from .multiple_choice import to_multiple_choice
-from .records import Record, read_records, write_records
+from .records import Record, pair_record, read_records, write_records
 from .schema import Example
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "generate_responses",
     "load_dataset",
     "normalize_answer",
+    "pair_record",
     "read_records",
     "register_grader",
     "to_multiple_choice",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from .._io import write_jsonl
 from ..errors import DatasetError, PairEncodingError
 from ..llm.pairs import validate_messages
 
-__all__ = ["SOURCES", "Record", "read_records", "write_records"]
+__all__ = ["SOURCES", "Record", "pair_record", "read_records", "write_records"]
 
 SOURCES = ("generated", "gold", "wrong")
 
@@ -122,3 +122,28 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     if not records:
         raise DatasetError(f"records file {path} is empty")
     return records
+
+
+def pair_record(index: int, pair: Mapping[str, Any]) -> Record:
+    """A label-less record (id ``str(index)``) for a pair to score: ``response`` and
+    ``messages`` (a list of {"role", "content"} or a string) or ``question``; raises
+    PairEncodingError naming what is wrong."""
+    if not isinstance(pair, Mapping):
+        raise PairEncodingError("expected an object with 'messages' (or 'question') and 'response'")
+    prompt = pair.get("messages", pair.get("question"))
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if prompt is None:
+        raise PairEncodingError("missing 'messages' (or 'question')")
+    response = pair.get("response")
+    if not isinstance(response, str):
+        raise PairEncodingError("missing 'response' (a string)")
+    messages = validate_messages(prompt, what="pair")
+    return Record(
+        id=str(index),
+        question_id=str(index),
+        messages=tuple(messages),
+        response=response,
+        label=None,
+        source="generated",
+    )

@@ -12,6 +12,7 @@ from .embedding_perturbation import EmbeddingPerturbation, EmbeddingPerturbation
 from .engine import extract
 from .entropy_dynamics import EntropyDynamics, EntropyDynamicsConfig
 from .featureset import FeatureSet
+from .localization import Localization, detection_rate, localize
 
 #: Registered families, in default column order.
 FAMILIES: dict[str, type[FeatureFamily]] = {
@@ -32,6 +33,9 @@ __all__ = [
     "FamilyOutput",
     "FeatureFamily",
     "FeatureSet",
+    "Localization",
     "PassBatch",
+    "detection_rate",
     "extract",
+    "localize",
 ]

@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 
 from .._io import write_jsonl
-from ..data.records import Record
+from ..data.records import Record, pair_record
 from ..errors import DatasetError, PairEncodingError, PerturbprobeError
 from ..features import extract
 from ..llm import LLM, load_llm
-from ..llm.pairs import validate_messages
 from .bundle import ProbeBundle
 
 __all__ = ["Scorer", "Scores", "score_file"]
@@ -131,7 +130,7 @@ class Scorer:
         pairs = list(pairs)
         for index, pair in enumerate(pairs):
             try:
-                records.append(_record(index, pair))
+                records.append(pair_record(index, pair))
             except PerturbprobeError as exc:
                 errors[index] = str(exc)
         confidence = np.full(len(pairs), np.nan)
@@ -174,29 +173,6 @@ class Scorer:
 
     def __repr__(self) -> str:
         return f"Scorer({self.bundle!r}, {self.llm!r})"
-
-
-def _record(index: int, pair: Mapping[str, Any]) -> Record:
-    """A label-less record for one pair; raises PairEncodingError naming what is wrong."""
-    if not isinstance(pair, Mapping):
-        raise PairEncodingError("expected an object with 'messages' (or 'question') and 'response'")
-    prompt = pair.get("messages", pair.get("question"))
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if prompt is None:
-        raise PairEncodingError("missing 'messages' (or 'question')")
-    response = pair.get("response")
-    if not isinstance(response, str):
-        raise PairEncodingError("missing 'response' (a string)")
-    messages = validate_messages(prompt, what="pair")
-    return Record(
-        id=str(index),
-        question_id=str(index),
-        messages=tuple(messages),
-        response=response,
-        label=None,
-        source="generated",
-    )
 
 
 def score_file(
