@@ -12,7 +12,12 @@ Prints seconds per pair and response tokens per second, and the ratios (b)/(a), 
 on a subset of pairs and scaled to all of them (it is ~50x slower).
 Targets: (b)/(a) <= 1.3 and (c)/(b) >= 20.
 
+Then a second table: each family alone and all together, as a multiple of (a) on the same
+pairs (``--family-pairs``), including ``embedding_perturbation`` with r = 2 and r = 20 random
+samples. Targets (issue 5): every family but ``random`` <= 3.5x, ``random`` with r = 20 <= 8x.
+
     python benchmarks/extract_speed.py [--pairs 32] [--naive-pairs 8] [--batch-size 8]
+                                       [--family-pairs 16] [--skip-ccps]
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 
 import perturbprobe
 from perturbprobe.data import Record, load_dataset
-from perturbprobe.features import extract
+from perturbprobe.features import ExtractorConfig, extract
 
 SYSTEM = (
     "You are a careful assistant who answers general knowledge questions. Give the answer "
@@ -100,15 +105,51 @@ def naive_ccps(llm, pair, radius: float = 20.0, steps: int = 5) -> list[dict[str
     return rows
 
 
+FAMILY_ROWS = {
+    "baseline": ("baseline", []),
+    "ccps": ("ccps", []),
+    "entropy_dynamics": ("entropy_dynamics", []),
+    "embedding_perturbation, r = 2": ("embedding_perturbation", ["samples=2"]),
+    "embedding_perturbation, r = 20": ("embedding_perturbation", []),
+    "all families (r = 20)": (None, []),
+}
+
+
+def family_table(llm, records, batch_size: int, repeats: int) -> None:
+    """Seconds per pair of each family alone (and all together), as a multiple of (a)."""
+    pairs = [llm.encode_pair(r.messages, r.response) for r in records]
+    functions = {"bare": lambda: bare_forward(llm, pairs, batch_size)}
+    for name, (family, options) in FAMILY_ROWS.items():
+        overrides = [f"{family}.{option}" for option in options]
+        config = ExtractorConfig.create(family, overrides)
+        functions[name] = lambda config=config: extract(
+            llm, records, config=config, batch_size=batch_size, progress=False
+        )
+    best = time_interleaved(functions, repeats)
+    print(f"\n{'family':<34} {'s/pair':>9} {'x bare':>8}")
+    for name, seconds in best.items():
+        print(f"{name:<34} {seconds / len(pairs):>9.4f} {seconds / best['bare']:>8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--naive-pairs", type=int, default=8, help="pairs timed for (c)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--family-pairs", type=int, default=16, help="pairs of the family table")
+    parser.add_argument("--skip-ccps", action="store_true", help="only the family table")
     args = parser.parse_args()
 
     llm = perturbprobe.load_llm("default")
+    if not args.skip_ccps:
+        ccps_table(llm, args)
+    print(f"\nper family, {args.family_pairs} pairs, minimum of 2 interleaved rounds")
+    family_table(llm, build_records(args.family_pairs), args.batch_size, repeats=2)
+
+
+def ccps_table(llm, args) -> None:
+    """The ccps table: (a) bare, (b) ccps, (c) naive per-token."""
     records = build_records(args.pairs)
     pairs = [llm.encode_pair(r.messages, r.response) for r in records]
     prompt_tokens = statistics.mean(len(p.prompt_ids) for p in pairs)
