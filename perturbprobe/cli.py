@@ -485,6 +485,53 @@ def localize(obj, model, device, dtype, input_path, top_k, score, overrides, bat
 
 @cli.command()
 @_common_model_options
+@click.option(
+    "--dataset",
+    "-d",
+    default="builtin:easy-qa",
+    show_default=True,
+    help="A dataset whose rows have 'paraphrases'; each question and its paraphrases form a set.",
+)
+@click.option("--limit", type=click.IntRange(min=2), help="Use at most N paraphrase sets.")
+@click.option("--positions", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("sps.png"),
+    show_default=True,
+    help="Heatmap of the grid (PNG).",
+)
+@click.pass_obj
+def sps(obj, model, device, dtype, dataset, limit, positions, batch_size, out):
+    """Semantic Preservation Score of the last prompt positions × layers (SemGrad's t*)."""
+    from . import data
+    from .calibration.plots import figure_to_png_bytes
+    from .features import default_semantic_offset, plot_sps, select_semantic_token
+
+    sets = [[e.question or e.messages, *e.paraphrases] for e in data.load_dataset(dataset)]
+    sets = [s for s in sets if len(s) > 1][:limit]
+    llm = _load(model, dtype, device)
+    choice = select_semantic_token(
+        llm, sets, n_positions=positions, batch_size=batch_size, progress=obj["progress"]
+    )
+    scores = choice.scores
+    click.echo(f"SPS on {len(sets)} paraphrase sets (rows: offset from the prompt end)")
+    click.echo("offset " + "".join(f"{layer:>6}" for layer in range(scores.shape[1])))
+    for row, values in enumerate(scores, 1):
+        click.echo(f"{row:>6} " + "".join(f"{v:>6.2f}" for v in values))
+    click.echo(
+        f"best: offset {choice.offset}, layer band {choice.layers[0]}..{choice.layers[1]} "
+        f"(the template's default t*: offset {default_semantic_offset(llm)})"
+    )
+    axes = plot_sps(scores)
+    out.write_bytes(figure_to_png_bytes(axes.figure))
+    click.echo(f"heatmap written to {out}")
+
+
+@cli.command()
+@_common_model_options
 @click.option("--dataset", "-d", default="builtin:easy-qa", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N questions.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)

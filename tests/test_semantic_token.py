@@ -342,3 +342,33 @@ def test_default_llm_t_star_is_the_last_im_start():
     choice = select_semantic_token(llm, SETS, n_positions=6)
     assert 1 <= choice.offset <= 6 and choice.layers[1] - choice.layers[0] + 1 == 15
     assert np.isfinite(choice.scores).all()
+
+
+def test_sps_command_prints_the_grid_and_writes_a_heatmap(tmp_path):
+    from click.testing import CliRunner
+
+    from perturbprobe.cli import cli
+
+    llm = make_tiny_llm("qwen2")
+    directory = tmp_path / "model"
+    llm.model.save_pretrained(directory)
+    llm.tokenizer.save_pretrained(directory)
+    rows = [
+        {"id": "a", "question": "What is red?", "answers": ["a colour"],
+         "paraphrases": ["Tell me what red is.", "Red is what?"]},
+        {"id": "b", "question": "Where is Paris?", "answers": ["France"],
+         "paraphrases": ["Paris lies where?"]},
+        {"id": "c", "question": "No paraphrase here.", "answers": ["x"]},
+    ]  # fmt: skip
+    dataset = tmp_path / "sets.jsonl"
+    dataset.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = tmp_path / "sps.png"
+    args = ["-q", "sps", "--model", str(directory), "--device", "cpu", "-d", str(dataset)]
+    result = CliRunner().invoke(cli, [*args, "--positions", "3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "SPS on 2 paraphrase sets (rows: offset from the prompt end)"
+    assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
+    assert len(lines[2].split()) == 1 + llm.num_layers + 1
+    assert "best: offset" in result.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

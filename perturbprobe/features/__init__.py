@@ -13,6 +13,13 @@ from .engine import extract
 from .entropy_dynamics import EntropyDynamics, EntropyDynamicsConfig
 from .featureset import FeatureSet
 from .localization import Localization, detection_rate, localize
+from .semantic_token import (
+    SemanticTokenChoice,
+    default_semantic_offset,
+    plot_sps,
+    select_semantic_token,
+    sps_grid,
+)
 
 #: Registered families, in default column order.
 FAMILIES: dict[str, type[FeatureFamily]] = {
@@ -35,7 +42,12 @@ __all__ = [
     "FeatureSet",
     "Localization",
     "PassBatch",
+    "SemanticTokenChoice",
+    "default_semantic_offset",
     "detection_rate",
     "extract",
     "localize",
+    "plot_sps",
+    "select_semantic_token",
+    "sps_grid",
 ]
