@@ -372,3 +372,29 @@ def test_sps_command_prints_the_grid_and_writes_a_heatmap(tmp_path):
     assert len(lines[2].split()) == 1 + llm.num_layers + 1
     assert "best: offset" in result.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fixed_token_offsets():
+    prompts = [[5, 1, 2, 3], [6, 7, 2, 3], [2, 3]]
+    # offsets 1 and 2 hold 3 and 2 everywhere; offset 3 differs; offset 4 is missing in one
+    assert semantic_token._fixed_token_offsets(prompts, 4).tolist() == [True, True, False, False]
+
+
+def test_a_shared_word_position_is_not_chosen_unless_asked(monkeypatch):
+    llm = six_layer_llama()
+    prompts = [llm.prompt_ids([{"role": "user", "content": t}]) for s in SETS for t in s]
+    fixed = semantic_token._fixed_token_offsets(prompts, 12)
+    varying = int(np.flatnonzero(~fixed)[0]) + 1  # first offset inside the user's text
+    queries = [q for q, prompt_set in enumerate(SETS) for _ in prompt_set]
+    query_of = {tuple(p): q for p, q in zip(prompts, queries, strict=True)}
+    real = semantic_token._states_at_offsets
+
+    def with_planted_cell(llm, prompts, n_positions):
+        query = torch.tensor([query_of[tuple(p)] for p in prompts])
+        return planted(real(llm, prompts, n_positions), query, offset=varying, layer=3)
+
+    monkeypatch.setattr(semantic_token, "_states_at_offsets", with_planted_cell)
+    unrestricted = select_semantic_token(llm, SETS, n_positions=12, fixed_tokens_only=False)
+    assert unrestricted.offset == varying
+    chosen = select_semantic_token(llm, SETS, n_positions=12)
+    assert fixed[chosen.offset - 1] and chosen.offset != varying
