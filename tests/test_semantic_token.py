@@ -258,6 +258,7 @@ def test_select_semantic_token_finds_a_planted_cell(monkeypatch):
     monkeypatch.setattr(semantic_token, "_states_at_offsets", with_planted_cell)
     choice = select_semantic_token(llm, SETS, n_positions=5, batch_size=4)
     assert (choice.offset, choice.layers) == (2, (3, 5))  # band: ⌊6/2⌋ = 3 layers around 4
+    assert choice.layer == 4
     assert choice.scores.shape == (5, 7)
     assert choice.scores[1, 4] == pytest.approx(1.0, abs=1e-6)
     config = choice.to_config()
@@ -320,6 +321,8 @@ def test_plot_sps_marks_the_best_cell():
     (box,) = [p for p in ax.patches if isinstance(p, Rectangle)]
     assert box.get_xy() == (2.5, 2.5) and (box.get_width(), box.get_height()) == (1, 1)
     assert "offset 3, layer 3" in ax.get_title()
+    (box,) = [p for p in plot_sps(scores, cell=(1, 2)).patches if isinstance(p, Rectangle)]
+    assert box.get_xy() == (1.5, 0.5)
     assert len(ax.figure.axes) == 2  # the heatmap and its colour bar
     assert figure_to_png_bytes(ax.figure).startswith(b"\x89PNG")
     assert plot_sps(scores, ax=ax) is ax

@@ -353,11 +353,14 @@ class SemanticTokenChoice:
         best layer and within 1…L−1.
     scores : ndarray (n_offsets, L+1)
         The SPS grid; rows are offsets 1…n_offsets, columns ``hidden_states`` indices.
+    layer : int or None
+        The best layer at ``offset`` (the band's centre before clipping).
     """
 
     offset: int
     layers: tuple[int, int]
     scores: np.ndarray = field(repr=False, compare=False)
+    layer: int | None = None
 
     def to_config(self) -> dict:
         """``{"semantic_offset": int, "layer_band": [first, last]}``, ready for JSON."""
@@ -438,16 +441,21 @@ def select_semantic_token(
         if fixed.any():
             candidates = np.where(fixed[:, None], scores, np.nan)
     offset, layer = _best_cell(candidates)  # offset 1 exists in every prompt: never None
-    return SemanticTokenChoice(offset, _layer_band(layer, llm.num_layers), scores)
+    return SemanticTokenChoice(offset, _layer_band(layer, llm.num_layers), scores, layer)
 
 
-def plot_sps(scores: np.ndarray, ax: Axes | None = None) -> Axes:
+def plot_sps(
+    scores: np.ndarray, ax: Axes | None = None, *, cell: tuple[int, int] | None = None
+) -> Axes:
     """Heatmap of an SPS grid: x = layer, y = offset, colour bar, the chosen cell outlined.
 
     Parameters
     ----------
     scores : array-like (n_offsets, L+1)
         From :func:`sps_grid` or :attr:`SemanticTokenChoice.scores`.
+    cell : (offset, layer), optional
+        The cell to outline, e.g. ``(choice.offset, choice.layer)``; default: the highest
+        score over layers 1…L−1.
     ax : matplotlib Axes, optional
         Where to draw; a new figure when None. Nothing is written to disk.
 
@@ -478,13 +486,13 @@ def plot_sps(scores: np.ndarray, ax: Axes | None = None) -> Axes:
         extent=(-0.5, n_columns - 0.5, n_offsets + 0.5, 0.5),
     )
     ax.figure.colorbar(image, ax=ax, label="SPS = S_within − S_across")
-    best = _best_cell(scores)
+    best = _best_cell(scores) if cell is None else cell
     if best is not None:
         offset, layer = best
         ax.add_patch(
             Rectangle((layer - 0.5, offset - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
         )
-        ax.set_title(f"Semantic Preservation Score (best: offset {offset}, layer {layer})")
+        ax.set_title(f"Semantic Preservation Score (chosen: offset {offset}, layer {layer})")
     else:
         ax.set_title("Semantic Preservation Score")
     ax.set_xlabel("layer (hidden_states index; 0 = embeddings)")
