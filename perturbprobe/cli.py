@@ -642,10 +642,7 @@ def _print_metrics(report, title: str) -> None:
     width = max(len(name) for name in names) + 2
     click.echo(" " * width + "".join(f"{metric:>24}" for metric in _TABLE_METRICS))
     for name in names:
-        cells = []
-        for metric in _TABLE_METRICS:
-            value = report.metrics[name][metric]
-            cells.append(f"{value.value:.3f} [{value.low:.3f}, {value.high:.3f}]")
+        cells = [report.metrics[name][metric].to_string() for metric in _TABLE_METRICS]
         click.echo(f"{name:<{width}}" + "".join(f"{cell:>24}" for cell in cells))
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._io import atomic_directory
 from ..errors import ExtractionError
 
 __all__ = ["FORMAT_VERSION", "FeatureSet"]
@@ -148,20 +147,11 @@ class FeatureSet:
         path = Path(path)
         if path.exists() and not overwrite:
             raise ExtractionError(f"{path} already exists; choose another --out or remove it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            staging.chmod(0o755)  # mkdtemp makes it private; results are meant to be shared
+        with atomic_directory(path) as staging:
             self.features.to_parquet(staging / "features.parquet", index=False)
             self.tokens.to_parquet(staging / "tokens.parquet", index=False)
             text = json.dumps(self.manifest, indent=2, ensure_ascii=False)
             (staging / "manifest.json").write_text(text, encoding="utf-8")
-            if path.exists():
-                shutil.rmtree(path)
-            staging.rename(path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return path
 
     @classmethod

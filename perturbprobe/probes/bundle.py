@@ -31,14 +31,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import atomic_directory
 from .._version import __version__
 from ..calibration.calibrators import Calibrator, calibrator_from_dict
 from ..calibration.report import Report
@@ -179,10 +178,7 @@ class ProbeBundle:
         path = Path(path)
         if path.exists() and not overwrite:
             raise BundleError(f"{path} already exists; choose another --out or pass --overwrite")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            staging.chmod(0o755)  # mkdtemp makes it private; results are meant to be shared
+        with atomic_directory(path) as staging:
             self.probe.save_state(staging)
             calibrators = {
                 "probe": self.calibrator.to_dict(),
@@ -207,12 +203,6 @@ class ProbeBundle:
             manifest.pop("manifest_sha256", None)
             manifest["manifest_sha256"] = _manifest_hash(manifest)
             _write_json(staging / _MANIFEST, manifest)
-            if path.exists():
-                shutil.rmtree(path)
-            staging.rename(path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         self.manifest = manifest
         return path
 
