@@ -22,6 +22,13 @@ _MODEL_HELP = (
 )
 
 
+_BUNDLE_OPTION = click.option(
+    "--bundle",
+    "-b",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundle directory written by `fit`.",
+)
 _SET_HELP = "Override an extractor option, e.g. --set ccps.radius=10 --set response_end=eot."
 
 
@@ -306,13 +313,7 @@ def fit(features, probe, calibrator, families, params, target_risk, delta, seed,
 
 
 @cli.command()
-@click.option(
-    "--bundle",
-    "-b",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Bundle directory written by `fit`.",
-)
+@_BUNDLE_OPTION
 @click.option(
     "--features",
     "-f",
@@ -364,13 +365,7 @@ def evaluate(bundle, features, allow_llm_mismatch, ablation, out):
 
 @cli.command()
 @_common_model_options
-@click.option(
-    "--bundle",
-    "-b",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Bundle directory written by `fit`.",
-)
+@_BUNDLE_OPTION
 @click.option(
     "--input",
     "-i",

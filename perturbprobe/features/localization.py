@@ -145,9 +145,10 @@ def localize(
     config = ExtractorConfig.create([_FAMILY], overrides)
     featureset = extract(llm, records, config=config, batch_size=batch_size, progress=progress)
     results = []
+    tokens = featureset.tokens.sort_values(["record_id", "token_index"])
+    by_record = dict(iter(tokens.groupby("record_id", sort=False)))
     for record in records:
-        rows = featureset.tokens[featureset.tokens["record_id"] == record.id]
-        rows = rows.sort_values("token_index")
+        rows = by_record[record.id]
         ids = rows["token_id"].tolist()
         results.append(
             Localization(

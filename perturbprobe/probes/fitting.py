@@ -159,7 +159,8 @@ def fit_bundle(
         },
     )
     if target_risk is not None:
-        bundle.abstention = _abstention(bundle, featureset, validation, test, target_risk, delta)
+        reference = calibrator_obj.transform(raw_validation)  # validation confidences (m,)
+        bundle.abstention = _abstention(bundle, featureset, reference, test, target_risk, delta)
     bundle.report = evaluate_bundles(bundle, featureset, rows=test, n_bootstrap=n_bootstrap)
     bundle.manifest["metrics"] = bundle.report.to_json()["metrics"]
     return bundle
@@ -222,17 +223,13 @@ def _json_params(estimator: Probe) -> dict[str, Any]:
     }
 
 
-def _abstention(bundle, featureset, validation, test, target_risk, delta):
-    """Threshold tested on the test part; candidates from the validation part."""
-    confidence = {
-        name: bundle.predict_confidence(featureset.subset(rows))
-        for name, rows in (("validation", validation), ("test", test))
-    }
+def _abstention(bundle, featureset, reference, test, target_risk, delta):
+    """Threshold tested on the test part; candidates from the validation confidences."""
     candidates = threshold_candidates(
-        confidence["validation"], n_test=len(test), target_risk=target_risk, delta=delta
+        reference, n_test=len(test), target_risk=target_risk, delta=delta
     )
     return risk_controlled_threshold(
-        confidence["test"],
+        bundle.predict_confidence(featureset.subset(test)),
         featureset.y[test],
         target_risk=target_risk,
         delta=delta,
