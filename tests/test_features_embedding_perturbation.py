@@ -163,7 +163,7 @@ def test_random_variance_matches_a_naive_loop(llm64):
     pairs = _pairs(llm64)[:1]
     ep = EmbeddingPass(llm64, pairs, llm64.head, 64)
     family = EmbeddingPerturbation(EmbeddingPerturbationConfig(samples=4, sigma=1e-2))
-    deltas = family.noise(ep)  # (4, 1, L, D)
+    deltas = ep.gaussian_noise(1e-2, 4, family.config.seed)  # (4, 1, L, D)
     assert deltas.std().item() == pytest.approx(1e-2, rel=0.1)
     with torch.no_grad():
         probs = torch.stack(

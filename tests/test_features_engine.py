@@ -440,7 +440,13 @@ def test_extractor_config_round_trip():
     }
     again = ExtractorConfig.from_dict(json.loads(json.dumps(data)))
     assert again == config and again.families == config.families
-    defaults = ["baseline", "ccps", "entropy_dynamics", "embedding_perturbation"]
+    defaults = [
+        "baseline",
+        "ccps",
+        "entropy_dynamics",
+        "embedding_perturbation",
+        "semantic_gradient",
+    ]
     assert ExtractorConfig.create().families == list(FAMILIES) == defaults
     with pytest.raises(ExtractionError, match="unknown feature family 'nosuch'"):
         ExtractorConfig.from_dict({"families": {"nosuch": {}}})

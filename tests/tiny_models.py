@@ -293,7 +293,7 @@ def build_tokenizer(arch: str, *, rewrite_history: bool = False) -> PreTrainedTo
     return tokenizer
 
 
-def _config(arch: str, tokenizer, max_positions: int):
+def _config(arch: str, tokenizer, max_positions: int, num_layers: int = NUM_LAYERS):
     common = {
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
@@ -303,7 +303,7 @@ def _config(arch: str, tokenizer, max_positions: int):
     decoder = {
         "hidden_size": HIDDEN_SIZE,
         "intermediate_size": 2 * HIDDEN_SIZE,
-        "num_hidden_layers": NUM_LAYERS,
+        "num_hidden_layers": num_layers,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": max_positions,
@@ -335,7 +335,7 @@ def _config(arch: str, tokenizer, max_positions: int):
     if arch == "gpt2":
         return GPT2LMHeadModel, GPT2Config(
             n_embd=HIDDEN_SIZE,
-            n_layer=NUM_LAYERS,
+            n_layer=num_layers,
             n_head=4,
             n_positions=max_positions,
             initializer_range=0.1,
@@ -345,10 +345,15 @@ def _config(arch: str, tokenizer, max_positions: int):
 
 
 def build_model(
-    arch: str, tokenizer, *, seed: int = 0, max_positions: int = DEFAULT_MAX_POSITIONS
+    arch: str,
+    tokenizer,
+    *,
+    seed: int = 0,
+    max_positions: int = DEFAULT_MAX_POSITIONS,
+    num_layers: int = NUM_LAYERS,
 ) -> torch.nn.Module:
     """A fresh randomly initialised float32 causal LM of family ``arch``, in eval mode."""
-    model_class, config = _config(arch, tokenizer, max_positions)
+    model_class, config = _config(arch, tokenizer, max_positions, num_layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)

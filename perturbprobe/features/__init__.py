@@ -13,6 +13,7 @@ from .engine import extract
 from .entropy_dynamics import EntropyDynamics, EntropyDynamicsConfig
 from .featureset import FeatureSet
 from .localization import Localization, detection_rate, localize
+from .semantic_gradient import SemanticGradient, SemanticGradientConfig
 from .semantic_token import (
     SemanticTokenChoice,
     default_semantic_offset,
@@ -23,7 +24,8 @@ from .semantic_token import (
 
 #: Registered families, in default column order.
 FAMILIES: dict[str, type[FeatureFamily]] = {
-    family.name: family for family in (Baseline, CCPS, EntropyDynamics, EmbeddingPerturbation)
+    family.name: family
+    for family in (Baseline, CCPS, EntropyDynamics, EmbeddingPerturbation, SemanticGradient)
 }
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "FeatureSet",
     "Localization",
     "PassBatch",
+    "SemanticGradient",
+    "SemanticGradientConfig",
     "SemanticTokenChoice",
     "default_semantic_offset",
     "detection_rate",

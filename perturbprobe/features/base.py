@@ -5,20 +5,27 @@ A family is a small class with
 - ``name``: its column prefix (``baseline`` → ``baseline/log_prob``);
 - ``Config``: a dataclass of hyper-parameters, every one with a default;
 - ``needs``: what it needs from the pass: ``"final_hidden"``, or ``"input_gradient"`` (the
-  :class:`EmbeddingPass`: input embeddings, ∇_E Σ log p(y_t) and perturbed forwards);
+  :class:`EmbeddingPass`: input embeddings, gradients and perturbed forwards), in which case
+  ``gradient_request()`` says which gradients (the engine merges the families' requests
+  into one backward pass);
+- ``prepare(llm)``: settings that depend on the model (SemGrad's t* and layer band), resolved
+  once before extraction; most families have none;
 - ``token_features()`` / ``response_features()``: its column names, known without data;
 - ``compute(batch) -> FamilyOutput``: the values for one batch.
 
 Per-token features are aggregated over each response by the engine (``mean, std, min,
-max, first, last``, population std) unless the family sets ``aggregate = False``.
+max, first, last``, population std) unless the family sets ``aggregate = False``. Work two
+families need (the CCPS trajectory, a perturbed pass) is computed once per batch through
+:meth:`PassBatch.shared` or the :class:`EmbeddingPass` cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -26,7 +33,8 @@ from ..llm import Head
 from .distributions import logit_summary
 
 if TYPE_CHECKING:
-    from .embedding_pass import EmbeddingPass
+    from ..llm import LLM
+    from .embedding_pass import EmbeddingPass, GradientRequest
 
 __all__ = ["AGGREGATES", "FamilyOutput", "FeatureFamily", "PassBatch", "tokens_per_chunk"]
 
@@ -72,6 +80,14 @@ class PassBatch:
     lengths: torch.Tensor
     chunk_tokens: int
     embedding_pass: EmbeddingPass | None = None
+    _shared: dict = field(default_factory=dict, repr=False)
+
+    def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, run once per batch for a given ``key`` and shared by every family
+        that asks with the same key (e.g. the CCPS trajectory for ``ccps`` and ``sua``)."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
 
     @property
     def num_pairs(self) -> int:
@@ -150,6 +166,15 @@ class FeatureFamily:
         self.config = config if config is not None else self.Config()
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{self.name} expects a {self.Config.__name__}, got {config!r}")
+
+    def prepare(self, llm: LLM) -> None:
+        """Resolve settings that depend on the model, before :meth:`columns` (default: none)."""
+
+    def gradient_request(self) -> GradientRequest:
+        """Which gradients a family that needs ``"input_gradient"`` wants (default: ℓ₁ only)."""
+        from .embedding_pass import GradientRequest
+
+        return GradientRequest()
 
     def token_features(self) -> list[str]:
         """Names of the per-token features, in column order (without the family prefix)."""

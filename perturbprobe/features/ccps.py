@@ -110,14 +110,23 @@ class CCPS(FeatureFamily):
         return names + [f"{metric}_{stat}" for metric in STEP_METRICS for stat in STEP_STATS]
 
     def compute(self, batch: PassBatch) -> FamilyOutput:
-        token_values = torch.cat(
-            [
-                self.token_values(batch.head, batch.final_hidden[rows], batch.token_ids[rows])
-                for rows in batch.head_chunks()
-            ]
-        )  # (N, 76)
+        token_values = self.batch_values(batch)  # (N, 76)
         no_response_columns = token_values.new_zeros((batch.num_pairs, 0))
         return FamilyOutput(self.token_features(), token_values, [], no_response_columns)
+
+    def batch_values(self, batch: PassBatch) -> torch.Tensor:
+        """The 76 features (N, 76) of every token of ``batch``, computed once per batch and
+        configuration (``sua``'s ``hidden`` source reads the same trajectory)."""
+
+        def compute() -> torch.Tensor:
+            return torch.cat(
+                [
+                    self.token_values(batch.head, batch.final_hidden[rows], batch.token_ids[rows])
+                    for rows in batch.head_chunks()
+                ]
+            )
+
+        return batch.shared(("ccps", self.config), compute)
 
     def radii(self, device=None) -> torch.Tensor:
         """r_k = k·R/S for k = 1..S, shape (S,)."""

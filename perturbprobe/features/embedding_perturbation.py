@@ -21,7 +21,6 @@ r forwards for ``random`` (stacked into passes of up to ~64 sequences).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -80,30 +79,12 @@ class EmbeddingPerturbation(FeatureFamily):
     def token_scores(self, embedding_pass: EmbeddingPass) -> torch.Tensor:
         """(N, 3): ``linf_adv``, ``l2_adv``, ``random`` for every response token."""
         config = self.config
-        gradient = embedding_pass.gradient  # (B, L, D)
-        adversarial = torch.stack(
-            [-config.linf_alpha * gradient.sign(), -config.l2_alpha * gradient]
-        )  # (2, B, L, D)
-        drops = embedding_pass.log_probs[None] - embedding_pass.log_prob_y(adversarial)  # (2, N)
-        noisy = embedding_pass.log_prob_y(self.noise(embedding_pass))  # (r, N)
-        variance = noisy.exp().var(dim=0, correction=0)  # (N,)
-        return torch.stack([drops[0], drops[1], variance], dim=1)
-
-    def noise(self, embedding_pass: EmbeddingPass) -> torch.Tensor:
-        """δ_j (r, B, L, D), float32: each pair's noise from its own seeded generator."""
-        config = self.config
-        batch, length, width = embedding_pass.gradient.shape
-        deltas = torch.zeros(config.samples, batch, length, width)
-        for row, ids in enumerate(embedding_pass.sequences()):
-            generator = torch.Generator().manual_seed(_pair_seed(config.seed, ids))
-            size = (config.samples, len(ids), width)
-            deltas[:, row, : len(ids)] = torch.randn(size, generator=generator) * config.sigma
-        return deltas.to(embedding_pass.gradient.device)
-
-
-def _pair_seed(seed: int, ids: list[int]) -> int:
-    digest = hashlib.sha256(repr((seed, ids)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+        original = embedding_pass.log_probs  # (N,)
+        linf = embedding_pass.adversarial("linf", config.linf_alpha).log_prob_y[0]
+        l2 = embedding_pass.adversarial("l2", config.l2_alpha).log_prob_y[0]
+        noisy = embedding_pass.gaussian(config.sigma, config.samples, config.seed).log_prob_y
+        variance = noisy.exp().var(dim=0, correction=0)  # (N,) over the r samples
+        return torch.stack([original - linf, original - l2, variance], dim=1)
 
 
 def _peaks(batch: PassBatch, values: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ response, and checks that no NaN or inf leaves it.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -23,7 +24,7 @@ from ..errors import ExtractionError, PairEncodingError
 from ..llm import LLM, EncodedPair
 from .base import PassBatch, aggregate_tokens, tokens_per_chunk
 from .config import ExtractorConfig
-from .embedding_pass import EmbeddingPass
+from .embedding_pass import EmbeddingPass, GradientRequest
 from .featureset import FORMAT_VERSION, FeatureSet
 
 __all__ = ["extract"]
@@ -91,6 +92,12 @@ def extract(
             f"the engine cannot yet provide {sorted(needs - _PROVIDED)} for "
             f"{[f.name for f in family_objects if f.needs - _PROVIDED]}"
         )
+    for family in family_objects:
+        family.prepare(llm)
+    request = None
+    if "input_gradient" in needs:
+        requests = [f.gradient_request() for f in family_objects if "input_gradient" in f.needs]
+        request = functools.reduce(GradientRequest.merge, requests)
     pairs, skipped = _encode(llm, records, config.response_end, skip_invalid)
     if not pairs:
         raise ExtractionError(
@@ -111,9 +118,7 @@ def extract(
     with bar:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            batch = _run_pass(
-                llm, head, [pairs[i] for i in indices], chunk_tokens, "input_gradient" in needs
-            )
+            batch = _run_pass(llm, head, [pairs[i] for i in indices], chunk_tokens, request)
             tokens, responses = _compute_families(family_objects, batch)
             per_pair_tokens = torch.split(tokens, batch.lengths.tolist())
             for row, index in enumerate(indices):
@@ -164,9 +169,9 @@ def _encode(llm, records, response_end, skip_invalid):
     return pairs, skipped
 
 
-def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int, gradient: bool):
-    if gradient:
-        embedding_pass = EmbeddingPass(llm, pairs, head, chunk_tokens)
+def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int, request):
+    if request is not None:
+        embedding_pass = EmbeddingPass(llm, pairs, head, chunk_tokens, request)
         return PassBatch(
             head=head,
             final_hidden=embedding_pass.final_hidden,
