@@ -446,6 +446,7 @@ def test_extractor_config_round_trip():
         "entropy_dynamics",
         "embedding_perturbation",
         "semantic_gradient",
+        "sua",
     ]
     assert ExtractorConfig.create().families == list(FAMILIES) == defaults
     with pytest.raises(ExtractionError, match="unknown feature family 'nosuch'"):

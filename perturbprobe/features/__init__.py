@@ -21,17 +21,19 @@ from .semantic_token import (
     select_semantic_token,
     sps_grid,
 )
+from .sua import SUA, SUAConfig
 
 #: Registered families, in default column order.
 FAMILIES: dict[str, type[FeatureFamily]] = {
     family.name: family
-    for family in (Baseline, CCPS, EntropyDynamics, EmbeddingPerturbation, SemanticGradient)
+    for family in (Baseline, CCPS, EntropyDynamics, EmbeddingPerturbation, SemanticGradient, SUA)
 }
 
 __all__ = [
     "AGGREGATES",
     "CCPS",
     "FAMILIES",
+    "SUA",
     "Baseline",
     "CCPSConfig",
     "EmbeddingPerturbation",
@@ -44,6 +46,7 @@ __all__ = [
     "FeatureSet",
     "Localization",
     "PassBatch",
+    "SUAConfig",
     "SemanticGradient",
     "SemanticGradientConfig",
     "SemanticTokenChoice",

@@ -35,6 +35,7 @@ from .distributions import logit_summary
 if TYPE_CHECKING:
     from ..llm import LLM
     from .embedding_pass import EmbeddingPass, GradientRequest
+    from .paraphrase_pass import ParaphrasePass
 
 __all__ = ["AGGREGATES", "FamilyOutput", "FeatureFamily", "PassBatch", "tokens_per_chunk"]
 
@@ -72,6 +73,8 @@ class PassBatch:
         How many tokens a family may push through the head at once (memory budget).
     embedding_pass : EmbeddingPass or None
         The pass on input embeddings with its gradient, when a family needs it.
+    paraphrases : ParaphrasePass or None
+        The responses under paraphrased prompts, when a family needs them.
     """
 
     head: Head
@@ -80,6 +83,7 @@ class PassBatch:
     lengths: torch.Tensor
     chunk_tokens: int
     embedding_pass: EmbeddingPass | None = None
+    paraphrases: ParaphrasePass | None = None
     _shared: dict = field(default_factory=dict, repr=False)
 
     def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:

@@ -27,7 +27,6 @@ each perturbed copy 1 forward.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,13 +34,12 @@ import torch
 
 from ..errors import ExtractionError
 from ..llm import LLM, EncodedPair, Head
-from .distributions import rowdot
+from .distributions import kl_and_js, rowdot
 
 __all__ = ["EmbeddingPass", "GradientRequest", "PerturbedStats"]
 
 # Sequences per perturbed forward pass: copies of a batch are stacked up to this many rows.
 _MAX_SEQUENCES = 64
-_TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -267,18 +265,17 @@ class EmbeddingPass:
         original distributions, in head-sized chunks of tokens (the original chunk once)."""
         head, n_copies = self._head, hidden.shape[0]
         parts: dict[str, list[torch.Tensor]] = {"log_prob_y": [], "kl": [], "js": []}
-        for start in range(0, hidden.shape[1], self._chunk_tokens):
-            rows = slice(start, start + self._chunk_tokens)
+        step = max(1, self._chunk_tokens // 2) if divergences else self._chunk_tokens  # float64
+        for start in range(0, hidden.shape[1], step):
+            rows = slice(start, start + step)
             y = self.token_ids[rows, None]
             if divergences:
                 log_p = torch.log_softmax(head(self.final_hidden[rows]), dim=-1)  # (n, V)
-                p_floor = log_p.exp().add_(_TINY)
-                neg_entropy = -self.entropy[rows]
             for k in range(n_copies):
                 log_q = torch.log_softmax(head(hidden[k, rows]), dim=-1)  # (n, V)
                 parts["log_prob_y"].append(log_q.gather(1, y)[:, 0])
                 if divergences:
-                    kl, js = _kl_js(log_p, p_floor, neg_entropy, log_q)
+                    kl, js = kl_and_js(log_p, log_q)
                     parts["kl"].append(kl)
                     parts["js"].append(js)
 
@@ -329,19 +326,6 @@ class EmbeddingPass:
             entropies.append(-rowdot(p, log_p.detach()))
         gradient = torch.cat(gradients) if gradients else None
         return torch.cat(log_probs), torch.cat(entropies), gradient
-
-
-def _kl_js(log_p, p_floor, neg_entropy, log_q):
-    """KL(p ‖ q) and JS(p, q) (n,) from log-probabilities (n, V); ``p_floor`` = p + tiny and
-    ``neg_entropy`` = Σ p log p are per-chunk constants. JS = log 2 − ½Σ t log t − ½(H(p) +
-    H(q)) with t = p + q (floored, so an underflowed t contributes its limit 0); both are
-    clamped to their ranges against float rounding."""
-    q = log_q.exp()
-    kl = neg_entropy - rowdot(p_floor - _TINY, log_q)
-    entropy_q = -rowdot(q, log_q)
-    t = q.add_(p_floor)
-    js = math.log(2.0) - 0.5 * rowdot(t, t.log()) + 0.5 * (neg_entropy - entropy_q)
-    return kl.clamp_min(0.0), js.clamp(0.0, math.log(2.0))
 
 
 def _pair_seed(seed: int, ids: list[int]) -> int:

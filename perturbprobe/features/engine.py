@@ -26,6 +26,7 @@ from .base import PassBatch, aggregate_tokens, tokens_per_chunk
 from .config import ExtractorConfig
 from .embedding_pass import EmbeddingPass, GradientRequest
 from .featureset import FORMAT_VERSION, FeatureSet
+from .paraphrase_pass import ParaphrasePass, paraphrased_pairs
 
 __all__ = ["extract"]
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 # What the engine can give families, each computed once per batch: the final hidden states of
 # the teacher-forced pass, and the pass on input embeddings with one backward
 # (EmbeddingPass; its final hidden states then serve every family, so no second forward).
-_PROVIDED = frozenset({"final_hidden", "input_gradient"})
+_PROVIDED = frozenset({"final_hidden", "input_gradient", "paraphrases"})
 
 
 def extract(
@@ -99,6 +100,9 @@ def extract(
         requests = [f.gradient_request() for f in family_objects if "input_gradient" in f.needs]
         request = functools.reduce(GradientRequest.merge, requests)
     pairs, skipped = _encode(llm, records, config.response_end, skip_invalid)
+    paraphrases = None
+    if "paraphrases" in needs:
+        paraphrases = {i: paraphrased_pairs(llm, records[i], pair) for i, pair in pairs.items()}
     if not pairs:
         raise ExtractionError(
             "no record could be scored: "
@@ -119,6 +123,10 @@ def extract(
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = _run_pass(llm, head, [pairs[i] for i in indices], chunk_tokens, request)
+            if paraphrases is not None:
+                batch.paraphrases = ParaphrasePass.run(
+                    llm, [paraphrases[i] for i in indices], batch.lengths
+                )
             tokens, responses = _compute_families(family_objects, batch)
             per_pair_tokens = torch.split(tokens, batch.lengths.tolist())
             for row, index in enumerate(indices):
