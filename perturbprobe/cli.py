@@ -520,6 +520,7 @@ def sps(obj, model, device, dtype, dataset, limit, positions, batch_size, out):
         f"best: offset {choice.offset}, layer band {choice.layers[0]}..{choice.layers[1]} "
         f"(the template's default t*: offset {default_semantic_offset(llm)})"
     )
+    click.echo("to extract with it: " + " ".join(f"--set {o}" for o in choice.to_overrides()))
     axes = plot_sps(scores, cell=(choice.offset, choice.layer))
     out.write_bytes(figure_to_png_bytes(axes.figure))
     click.echo(f"heatmap written to {out}")

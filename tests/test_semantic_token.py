@@ -16,7 +16,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 import perturbprobe.features.semantic_token as semantic_token
 from perturbprobe.calibration.plots import figure_to_png_bytes
+from perturbprobe.data import Record
 from perturbprobe.errors import ExtractionError, PairEncodingError
+from perturbprobe.features import extract
 from perturbprobe.features.semantic_token import (
     SemanticTokenChoice,
     _layer_band,
@@ -262,8 +264,19 @@ def test_select_semantic_token_finds_a_planted_cell(monkeypatch):
     assert choice.scores.shape == (5, 7)
     assert choice.scores[1, 4] == pytest.approx(1.0, abs=1e-6)
     config = choice.to_config()
-    assert config == {"semantic_offset": 2, "layer_band": [3, 5]}
+    assert config == {"semantic_offset": 2, "layer_band": "3-5"}
+    assert choice.to_overrides() == [
+        "semantic_gradient.semantic_offset=2",
+        "semantic_gradient.layer_band=3-5",
+    ]
     assert json.loads(json.dumps(config)) == config
+    # The choice drives SemGrad: its band becomes the per-layer columns.
+    record = Record("r", "q", ({"role": "user", "content": SETS[0][0]},), "Paris", 1, "gold")
+    fs = extract(llm, [record], families="semantic_gradient", overrides=choice.to_overrides(),
+                 progress=False)  # fmt: skip
+    layers = [c.split("_")[-1] for c in fs.schema if "semgrad_layer_" in c]
+    assert layers == ["3", "4", "5"]
+    assert fs.manifest["config"]["families"]["semantic_gradient"] == config
 
 
 def test_semantic_token_choice_compares_without_scores():

@@ -63,7 +63,7 @@ tokens (offsets 1…6) start at exactly 0 and gain at most 0.11 (offset 1, layer
 >>> sets = [["What is the capital of France?", "Which city is France's capital?"],
 ...         ["How many legs does a spider have?", "A spider has how many legs?"]]
 >>> select_semantic_token(llm, sets).to_config()  # doctest: +SKIP
-{'semantic_offset': 1, 'layer_band': [15, 29]}
+{'semantic_offset': 1, 'layer_band': '15-29'}
 """
 
 from __future__ import annotations
@@ -363,8 +363,13 @@ class SemanticTokenChoice:
     layer: int | None = None
 
     def to_config(self) -> dict:
-        """``{"semantic_offset": int, "layer_band": [first, last]}``, ready for JSON."""
-        return {"semantic_offset": int(self.offset), "layer_band": [int(i) for i in self.layers]}
+        """The ``semantic_gradient`` options of this choice: ``{"semantic_offset": int,
+        "layer_band": "first-last"}``."""
+        return {"semantic_offset": int(self.offset), "layer_band": "{}-{}".format(*self.layers)}
+
+    def to_overrides(self) -> list[str]:
+        """The same as ``--set`` options: ``["semantic_gradient.semantic_offset=1", ...]``."""
+        return [f"semantic_gradient.{key}={value}" for key, value in self.to_config().items()]
 
 
 def _best_cell(scores: np.ndarray) -> tuple[int, int] | None:
