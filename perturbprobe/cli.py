@@ -167,7 +167,7 @@ def collect(
     "-f",
     default=None,
     help="Comma-separated feature families  [default: all: baseline,ccps,entropy_dynamics,"
-    "embedding_perturbation]",
+    "embedding_perturbation,semantic_gradient,sua]",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option(

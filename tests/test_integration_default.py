@@ -143,7 +143,8 @@ def test_wheel_download_from_the_package_index(tmp_path, monkeypatch):
 
 def test_extract_all_families_on_the_default_llm(llm, tmp_path):
     records = collect(llm, load_dataset("builtin:easy-qa", limit=3), source="gold")
-    featureset = extract(llm, records, batch_size=3, progress=False)
+    paraphrases = ["sua.sources=hidden,embed_random,embed_adv,paraphrase"]
+    featureset = extract(llm, records, batch_size=3, overrides=paraphrases, progress=False)
     tokens_per_record = featureset.tokens.groupby("record_id").size()
     assert len(featureset) == len(records) and (tokens_per_record >= 3).all()
     assert featureset.manifest["config"]["families"].keys() == {
@@ -151,9 +152,15 @@ def test_extract_all_families_on_the_default_llm(llm, tmp_path):
         "ccps",
         "entropy_dynamics",
         "embedding_perturbation",
+        "semantic_gradient",
+        "sua",
     }
     assert len([c for c in featureset.token_schema if c.startswith("ccps/")]) == 76
-    assert len(featureset.schema) == 30 + 4 + 76 * 6 + 9 + 3 * 6 + 9
+    semgrad_layers = [f"semantic_gradient/semgrad_layer_{k}" for k in range(15, 30)]
+    assert [c for c in featureset.schema if "semgrad_layer" in c] == semgrad_layers
+    assert len(featureset.schema) == 30 + 4 + 76 * 6 + 9 + 3 * 6 + 9 + 9 + 15 + 1 + 4 * 4 + 1
+    assert (featureset.features["sua/paraphrase:count"] > 0).all()
+    assert (featureset.features["sua/embed_random:S"] > 0).all()
     assert np.isfinite(featureset.X.to_numpy()).all()
     assert np.isfinite(featureset.tokens[featureset.token_schema].to_numpy()).all()
     assert featureset.manifest["llm"]["fingerprint"] == llm.fingerprint

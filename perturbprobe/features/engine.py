@@ -4,6 +4,33 @@ The engine encodes every record once, batches pairs of similar length (right pad
 attention mask), runs the pass once per batch, upcasts the final hidden states to float32,
 hands the shared results to each requested family, aggregates per-token features over each
 response, and checks that no NaN or inf leaves it.
+
+Passes per batch (F = forward, B = backward w.r.t. activations only, ≈ 1 F each; "head" =
+arithmetic on the LM head over response tokens only). Every family reads the same forward:
+
+============================  ================================================================
+families requested            passes
+============================  ================================================================
+baseline, ccps,               1 F (no gradients) + head
+entropy_dynamics
+embedding_perturbation        1 F with autograd + 1 B (ℓ₁ = Σ log p) + 1 F (l∞) + 1 F (l2)
+                              + r F (random; stacked into passes of ≤ 64 sequences)
+semantic_gradient             1 F with autograd + 1 B batched over ℓ₁ and ℓ_ω (≈ 2 B) + head
+                              (ParaGrad, ~3 head products per response)
+sua                           hidden: head only (the CCPS trajectory, shared with ``ccps``);
+                              embed_adv: the gradient pass + 1 F; embed_random: r F;
+                              paraphrase: K F per record (no gradients)
+any of the above together     one forward with autograd and *one* backward, batched over the
+                              losses the families need (at most 2: ℓ₁, ℓ_ω), whose final hidden
+                              states serve every family; perturbed passes with equal settings
+                              are computed once (``sua`` reuses ``embedding_perturbation``'s,
+                              ``ccps``'s trajectory)
+============================  ================================================================
+
+Measured on the default LLM (``benchmarks/extract_speed.py``, 2 CPU cores, × a bare forward):
+baseline 0.9, ccps 1.3, entropy_dynamics 1.0, semantic_gradient 3.8, embedding_perturbation
+5.8 (r = 2) and 20.6 (r = 20), sua 1.5 (hidden only) and 24.6 (r = 20), all families 8.6
+(r = 2) and 26.9 (r = 20).
 """
 
 from __future__ import annotations

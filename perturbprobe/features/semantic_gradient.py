@@ -264,17 +264,17 @@ def _head_gradient_norms(head: Head, hidden, token_ids, log_probs, weights, look
         if slope is not None:
             coefficient = coefficient * slope
         gradient = coefficient.T @ weighted_hidden  # (c, 2D): [Λ_ω | Λ₁]
-        weighted, uniform = gradient[:, :width], gradient[:, width:]
-        total[1] += weighted.abs().sum()
-        if lookup is not None:
+        sums = gradient.abs().view(-1, 2, width).sum(dim=(0, 2))  # (2,): one vocabulary pass
+        squares = torch.linalg.vector_norm(gradient[:, :width]) ** 2
+        total += torch.stack([sums[0], sums[0], sums[1], squares])
+        if lookup is not None:  # tied: only the rows of the sequence's ids change
             ids, parts = lookup
             here = (ids >= columns.start) & (ids < columns.stop)
-            at = ids[here] - columns.start
-            weighted.index_add_(0, at, parts[0][here])
-            uniform.index_add_(0, at, parts[1][here])
-        total[0] += weighted.abs().sum()
-        total[2] += uniform.abs().sum()
-        total[3] += weighted.square().sum()
+            before = gradient[ids[here] - columns.start].view(-1, 2, width)  # (k, 2, D)
+            after = before + parts[:, here].transpose(0, 1)
+            change = after.abs().sum(dim=(0, 2)) - before.abs().sum(dim=(0, 2))
+            change_squares = (after[:, 0].square() - before[:, 0].square()).sum()
+            total += torch.stack([change[0], change.new_zeros(()), change[1], change_squares])
     size = vocab * width
     return torch.stack([total[0] / size, total[1] / size, total[2] / size, total[3].sqrt()])
 
