@@ -12,7 +12,10 @@ on the same folds.
 Needs the FeatureSet the demo writes (run ``make demo`` first) or any labelled FeatureSet:
 
     python benchmarks/probe_quality.py [--features runs/demo/features] [--probes lightgbm,...]
-                                       [--ablation lightgbm]
+                                       [--ablation lightgbm] [--join OTHER_FEATURES_DIR]
+
+``--join`` adds families extracted separately for the same records (e.g.
+``perturbprobe extract -r runs/demo/records.jsonl -f semantic_gradient -o sg``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,13 @@ def cross_validated_confidences(featureset, probes, calibrator, folds, seed, fam
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", default="runs/demo/features")
+    parser.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another FeatureSet of the same records (other families) to add; repeatable",
+    )
     parser.add_argument("--probes", default="lightgbm,logistic,ccps,ccps-cnn")
     parser.add_argument("--calibrator", default="platt")
     parser.add_argument("--folds", type=int, default=5)
@@ -76,6 +86,8 @@ def main() -> None:
     args = parser.parse_args()
 
     featureset = FeatureSet.load(args.features)
+    for path in args.join:
+        featureset = featureset.join(FeatureSet.load(path))
     probes = args.probes.split(",")
     scores, y, seconds = cross_validated_confidences(
         featureset, probes, args.calibrator, args.folds, args.seed

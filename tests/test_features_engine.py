@@ -714,3 +714,30 @@ def test_bfloat16_model_features_are_computed_in_float32():
     expected = log_p[torch.arange(len(hidden)), out.pair(0)["response_ids"]].numpy()
     # float32 arithmetic on bf16-valued inputs: ~1e-6; bf16 arithmetic would be off by ~1e-2.
     np.testing.assert_allclose(fs.tokens["baseline/log_prob"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_featuresets_of_the_same_records_join(tmp_path):
+    llm = make_tiny_llm("llama")
+    records = RECORDS[:4]
+    first = extract(llm, records, families="baseline,entropy_dynamics", progress=False)
+    second = extract(llm, records[::-1], families="ccps,semantic_gradient", progress=False)
+    joined = first.join(second)
+    together = extract(llm, records, families="baseline,entropy_dynamics,ccps,semantic_gradient",
+                       progress=False)  # fmt: skip
+    assert joined.schema == together.schema and joined.token_schema == together.token_schema
+    np.testing.assert_allclose(joined.X.to_numpy(), together.X.to_numpy(), rtol=1e-5, atol=1e-7)
+    token_columns = together.token_schema
+    got, expected = joined.tokens[token_columns], together.tokens[token_columns]
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-7)
+    assert list(joined.manifest["config"]["families"]) == list(
+        together.manifest["config"]["families"]
+    )
+    reloaded = FeatureSet.load(joined.save(tmp_path / "joined"))
+    assert reloaded.schema == joined.schema
+    with pytest.raises(ExtractionError, match="both FeatureSets have baseline"):
+        first.join(first)
+    with pytest.raises(ExtractionError, match="different records"):
+        first.join(extract(llm, records[:1], families="ccps", progress=False))
+    other_llm = extract(make_tiny_llm("qwen2"), records, families="ccps", progress=False)
+    with pytest.raises(ExtractionError, match="different LLMs"):
+        first.join(other_llm)

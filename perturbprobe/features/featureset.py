@@ -131,6 +131,45 @@ class FeatureSet:
         tokens = self.tokens[kept].reset_index(drop=True)
         return FeatureSet(features=features, tokens=tokens, manifest=self.manifest)
 
+    def join(self, other: FeatureSet) -> FeatureSet:
+        """This FeatureSet's families and ``other``'s, for the same records and LLM (e.g.
+        extracted in separate runs); rows in this one's order.
+
+        Raises
+        ------
+        ExtractionError
+            If the LLMs, the response span, the records or their tokens differ, or a family
+            is in both.
+        """
+        mine, theirs = self.manifest, other.manifest
+        if mine["llm"].get("fingerprint") != theirs["llm"].get("fingerprint"):
+            raise ExtractionError("cannot join FeatureSets of different LLMs")
+        if mine["config"]["response_end"] != theirs["config"]["response_end"]:
+            raise ExtractionError("cannot join FeatureSets with different response_end")
+        both = set(mine["config"]["families"]) & set(theirs["config"]["families"])
+        if both:
+            raise ExtractionError(f"cannot join: both FeatureSets have {', '.join(sorted(both))}")
+        if sorted(self.record_ids) != sorted(other.record_ids):
+            raise ExtractionError("cannot join FeatureSets of different records")
+        extra = other.features.set_index("record_id").loc[self.record_ids, other.schema]
+        features = pd.concat([self.features, extra.reset_index(drop=True)], axis=1)
+        keys = ["record_id", "token_index"]
+        tokens = self.tokens.merge(
+            other.tokens[keys + other.token_schema], on=keys, how="left", validate="1:1"
+        )
+        if len(other.tokens) != len(self.tokens) or tokens[other.token_schema].isna().any().any():
+            raise ExtractionError("cannot join: the records' response tokens differ")
+        manifest = {
+            **mine,
+            "config": {
+                **mine["config"],
+                "families": {**mine["config"]["families"], **theirs["config"]["families"]},
+            },
+            "schema": self.schema + other.schema,
+            "token_schema": self.token_schema + other.token_schema,
+        }
+        return FeatureSet(features=features, tokens=tokens, manifest=manifest)
+
     def __len__(self) -> int:
         return len(self.features)
 
