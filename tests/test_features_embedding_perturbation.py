@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from qa_records import qa_records
 from tiny_models import build_model, build_tokenizer, make_tiny_llm
 
-from perturbprobe.data import Record
 from perturbprobe.errors import ExtractionError
 from perturbprobe.features import (
     EmbeddingPerturbation,
@@ -22,26 +22,11 @@ from perturbprobe.llm import LLM
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
-QA = [
-    ("Name a colour.", "Blue is a nice colour"),
-    ("What is 2 + 2?", "Four"),
-    ("Capital of France?", "Paris is the capital of France, of course."),
-]
 FAMILY = "embedding_perturbation"
 
 
 def _records():
-    return [
-        Record(
-            id=str(i),
-            question_id=str(i),
-            messages=({"role": "user", "content": q},),
-            response=a,
-            label=i % 2,
-            source="generated",
-        )
-        for i, (q, a) in enumerate(QA)
-    ]
+    return qa_records()
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from qa_records import qa_records
 from scipy.spatial.distance import jensenshannon
 from tiny_models import ARCHS, build_model, build_tokenizer, make_tiny_llm
 
-from perturbprobe.data import Record
 from perturbprobe.errors import ExtractionError
 from perturbprobe.features import CCPS, extract
 from perturbprobe.features.distributions import kl_and_js
@@ -20,26 +20,10 @@ from perturbprobe.llm import LLM
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 ALL_SOURCES = "sua.sources=hidden,embed_random,embed_adv,paraphrase"
-QA = [
-    ("Name a colour.", "Blue is a nice colour", ("Say a colour.", "Give me any colour.")),
-    ("What is 2 + 2?", "Four", ()),
-    ("Capital of France?", "Paris is the capital of France.", ("France's capital city?",)),
-]
 
 
 def _records():
-    return [
-        Record(
-            id=str(i),
-            question_id=str(i),
-            messages=({"role": "user", "content": q},),
-            response=a,
-            label=i % 2,
-            source="generated",
-            paraphrases=p,
-        )
-        for i, (q, a, p) in enumerate(QA)
-    ]
+    return qa_records(paraphrases=True)
 
 
 @pytest.fixture(scope="module")
