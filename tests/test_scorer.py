@@ -227,3 +227,25 @@ def test_command_errors_are_one_line(saved_model, tmp_path):
     args = ["score", "--model", str(saved_model), "-b", str(tmp_path), "-i", "x", "-o", "y"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 1 and "is not a probe bundle" in result.stderr
+
+
+def test_gradient_family_bundles_score_in_production(llm, tmp_path):
+    """A probe on semantic_gradient and sua (with a non-default t*, band and λ) scores through
+    the Scorer exactly as on features extracted with the bundle's recorded config."""
+    records = _records(24)
+    options = [
+        "semantic_gradient.semantic_offset=2",
+        "semantic_gradient.layer_band=0-1",
+        "sua.lam=0.5",
+        "sua.embed_samples=3",
+    ]
+    fs = extract(llm, records, families="semantic_gradient,sua", overrides=options,
+                 progress=False)  # fmt: skip
+    bundle = fit_bundle(fs, probe="lightgbm", n_bootstrap=10)
+    path = bundle.save(tmp_path / "gradients")
+    assert ProbeBundle.load(path).extractor_config.family_configs["sua"].lam == 0.5
+    scorer = Scorer.load(path, llm=llm)
+    heldout = records[:10]
+    scores = scorer.score([{"messages": list(r.messages), "response": r.response} for r in heldout])
+    expected = ProbeBundle.load(path).predict_confidence(fs.subset(np.arange(10)))
+    np.testing.assert_allclose(scores.confidence, expected, rtol=0, atol=1e-6)

@@ -83,12 +83,14 @@ class ParaphrasePass:
             out = llm.teacher_forced([p for _, p in chunk], logits=False)
             hidden.append(out.final_hidden[out.response_mask].to(torch.float32))
             for b, p in chunk:
-                index.append(torch.arange(len(p.response_ids)) + starts[b])
+                index.append(torch.arange(len(p.response_ids), device=llm.device) + starts[b])
         width = llm.model.config.hidden_size
         return cls(
-            hidden=torch.cat(hidden) if hidden else torch.zeros((0, width)),
-            token_index=torch.cat(index) if index else torch.zeros(0, dtype=torch.long),
-            counts=torch.tensor([len(group) for group in paraphrases]),
+            hidden=torch.cat(hidden) if hidden else torch.zeros((0, width), device=llm.device),
+            token_index=torch.cat(index)
+            if index
+            else torch.zeros(0, dtype=torch.long, device=llm.device),
+            counts=torch.tensor([len(group) for group in paraphrases], device=llm.device),
         )
 
     def mean_divergence(self, batch, divergence: str) -> torch.Tensor:

@@ -190,7 +190,8 @@ class SemanticGradient(FeatureFamily):
             zip(starts.tolist(), batch.lengths.tolist(), strict=True)
         ):
             tokens = slice(start, start + length)
-            weights = torch.stack([ep.entropy[tokens], torch.ones(length)]) / length  # (2, T)
+            entropy = ep.entropy[tokens]
+            weights = torch.stack([entropy, torch.ones_like(entropy)]) / length  # (2, T)
             lookup = self._lookup(ep, b, 1.0 / length)
             rows.append(
                 _head_gradient_norms(
@@ -246,7 +247,7 @@ def _head_gradient_norms(head: Head, hidden, token_ids, log_probs, weights, look
     log_normalizer = picked - log_probs  # (T,)
     weighted_hidden = torch.cat([hidden * w[:, None] for w in weights], dim=1)  # (T, 2D)
     chunk = max(1, min(vocab, budget // max(length, 2 * width)))
-    total = torch.zeros(4, dtype=hidden.dtype)
+    total = hidden.new_zeros(4)
     for first in range(0, vocab, chunk):
         columns = slice(first, min(first + chunk, vocab))
         raw = hidden @ head.weight[columns].T  # (T, c)
