@@ -60,8 +60,9 @@ __all__ = ["extract"]
 logger = logging.getLogger(__name__)
 
 # What the engine can give families, each computed once per batch: the final hidden states of
-# the teacher-forced pass, and the pass on input embeddings with one backward
-# (EmbeddingPass; its final hidden states then serve every family, so no second forward).
+# the teacher-forced pass; the pass on input embeddings with one backward (EmbeddingPass; its
+# final hidden states then serve every family, so no second forward); the responses under the
+# records' paraphrased prompts (ParaphrasePass).
 _PROVIDED = frozenset({"final_hidden", "input_gradient", "paraphrases"})
 
 
