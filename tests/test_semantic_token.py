@@ -387,6 +387,7 @@ def test_sps_command_prints_the_grid_and_writes_a_heatmap(tmp_path):
     assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
     assert len(lines[2].split()) == 1 + llm.num_layers + 1
     assert "best: offset" in result.stdout
+    assert "--set semantic_gradient.semantic_offset=" in result.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
