@@ -109,6 +109,18 @@ class PassBatch:
         out[self.mask] = values
         return out
 
+    def response_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-token values (N,) or (N, F) → their mean over each response, (B,) or (B, F)."""
+        lengths = self.lengths.to(values.dtype)
+        return self.padded(values).sum(dim=1) / (lengths if values.ndim == 1 else lengths[:, None])
+
+    @cached_property
+    def entropy(self) -> torch.Tensor:
+        """H(p_t) (N,): from the gradient pass when there is one, else :attr:`token_stats`."""
+        if self.embedding_pass is not None:
+            return self.embedding_pass.entropy
+        return self.token_stats["entropy"]
+
     def head_chunks(self):
         """Slices of at most ``chunk_tokens`` rows covering the N tokens."""
         total = int(self.token_ids.shape[0])

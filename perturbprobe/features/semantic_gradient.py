@@ -159,9 +159,7 @@ class SemanticGradient(FeatureFamily):
         lengths = batch.lengths.to(ep.entropy.dtype)  # (B,)
         weighted = ep.hidden_gradients["entropy"] / lengths[:, None, None]  # (B, n_layers, D)
         uniform = ep.hidden_gradients["uniform"] / lengths[:, None, None]
-        mean_entropy = torch.stack(
-            [w.mean() for w in torch.split(ep.entropy, batch.lengths.tolist())]
-        )
+        mean_entropy = batch.response_mean(ep.entropy)  # ω̄ (B,)
         para = self.paragrad(batch)  # (B, 4)
         semgrad = weighted.abs().mean(dim=(1, 2))
         share = torch.exp(-mean_entropy)

@@ -113,8 +113,8 @@ class SUA(FeatureFamily):
         sensitivity = torch.stack(
             [self.sensitivity(batch, source) for source in self.config.source_list], dim=1
         )  # (N, n_sources)
-        entropy = batch.token_stats["entropy"]  # (N,)
-        means = _per_response_mean(batch, torch.cat([entropy[:, None], sensitivity], dim=1))
+        entropy = batch.entropy  # (N,)
+        means = batch.response_mean(torch.cat([entropy[:, None], sensitivity], dim=1))
         mean_entropy = means[:, 0]
         columns = [mean_entropy]
         for k in range(sensitivity.shape[1]):
@@ -145,8 +145,3 @@ class SUA(FeatureFamily):
 
     def _divergence(self, stats: PerturbedStats) -> torch.Tensor:
         return stats.js if self.config.divergence == "js" else stats.kl
-
-
-def _per_response_mean(batch: PassBatch, values: torch.Tensor) -> torch.Tensor:
-    """(N, F) per-token values → (B, F) means over each response."""
-    return batch.padded(values).sum(dim=1) / batch.lengths[:, None].to(values.dtype)
