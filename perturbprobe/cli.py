@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ._version import __version__
 from .errors import ExtractionError, PerturbprobeError, ProbeError
@@ -167,7 +168,7 @@ def collect(
     "-f",
     default=None,
     help="Comma-separated feature families  [default: all: baseline,ccps,entropy_dynamics,"
-    "embedding_perturbation,semantic_gradient,sua]",
+    "embedding_perturbation,semantic_gradient,sua,hidden_states]",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option(
@@ -239,7 +240,7 @@ def extract(
     )
 
 
-_PROBES = ["lightgbm", "logistic", "ccps", "ccps-cnn"]
+_PROBES = ["auto", "lightgbm", "logistic", "logistic-cv", "stacking", "ccps", "ccps-cnn"]
 _CALIBRATORS = ["platt", "isotonic", "temperature", "histogram", "none"]
 
 
@@ -251,7 +252,16 @@ _CALIBRATORS = ["platt", "isotonic", "temperature", "histogram", "none"]
     type=click.Path(file_okay=False, path_type=Path),
     help="FeatureSet directory written by `extract` (labelled records).",
 )
-@click.option("--probe", "-p", type=click.Choice(_PROBES), default="lightgbm", show_default=True)
+@click.option(
+    "--probe",
+    "-p",
+    type=click.Choice(_PROBES),
+    default="auto",
+    show_default=True,
+    help="auto: grouped cross-validation on the training questions over lightgbm and "
+    "logistic-cv on the scalar families, logistic-cv on hidden_states and stacking; the "
+    "lowest log-loss wins (the table is printed and in the report).",
+)
 @click.option(
     "--calibrator", "-c", type=click.Choice(_CALIBRATORS), default="platt", show_default=True
 )
@@ -278,6 +288,13 @@ _CALIBRATORS = ["platt", "isotonic", "temperature", "histogram", "none"]
     show_default=True,
     help="The threshold's guarantee holds with probability at least 1 - delta.",
 )
+@click.option(
+    "--teacher-forced-weight",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Training weight of gold and wrong (teacher-forced) answers relative to the LLM's own "
+    "(0 drops them)  [default: TEACHER_FORCED_WEIGHT, from the benchmark]",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds split and probe.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @click.option(
@@ -286,10 +303,25 @@ _CALIBRATORS = ["platt", "isotonic", "temperature", "histogram", "none"]
     type=click.Path(file_okay=False, path_type=Path),
     help="Bundle directory  [default: models/<llm>/<probe>]",
 )
-def fit(features, probe, calibrator, families, params, target_risk, delta, seed, overwrite, out):
+@click.pass_obj
+def fit(
+    obj,
+    features,
+    probe,
+    calibrator,
+    families,
+    params,
+    target_risk,
+    delta,
+    teacher_forced_weight,
+    seed,
+    overwrite,
+    out,
+):
     """Fit a probe and a calibrator on held-out questions; save a bundle with its report."""
     from .features import FeatureSet
     from .probes import fit_bundle, llm_slug
+    from .probes.fitting import TEACHER_FORCED_WEIGHT
 
     featureset = FeatureSet.load(features)
     out = out or Path("models") / llm_slug(featureset.manifest["llm"]["name"]) / probe
@@ -301,11 +333,17 @@ def fit(features, probe, calibrator, families, params, target_risk, delta, seed,
         calibrator=calibrator,
         probe_params=_parse_params(params),
         families=[name.strip() for name in families.split(",")] if families else None,
+        teacher_forced_weight=(
+            TEACHER_FORCED_WEIGHT if teacher_forced_weight is None else teacher_forced_weight
+        ),
         target_risk=target_risk,
         delta=delta,
         random_state=seed,
+        progress=obj["progress"],
     )
     bundle.save(out, overwrite=overwrite)
+    if bundle.report.selection is not None:
+        _print_selection(bundle.report.selection)
     _print_metrics(bundle.report, title="held-out test questions")
     if bundle.abstention is not None:
         _print_abstention(bundle.abstention)
@@ -381,6 +419,13 @@ def evaluate(bundle, features, allow_llm_mismatch, ablation, out):
     help="Score even if the LLM differs from the one the probe was fitted on.",
 )
 @click.option(
+    "--target-accuracy",
+    type=float,
+    default=None,
+    help="The LLM's known accuracy on this traffic, in (0, 1): confidences are moved from the "
+    "calibration data's accuracy to it (prior-shift correction).",
+)
+@click.option(
     "--out",
     "-o",
     required=True,
@@ -388,18 +433,34 @@ def evaluate(bundle, features, allow_llm_mismatch, ablation, out):
     help="JSONL to write: the input rows with 'confidence' (and 'abstain').",
 )
 @click.pass_obj
-def score(obj, model, device, dtype, bundle, input_path, batch_size, allow_llm_mismatch, out):
+def score(
+    obj,
+    model,
+    device,
+    dtype,
+    bundle,
+    input_path,
+    batch_size,
+    allow_llm_mismatch,
+    target_accuracy,
+    out,
+):
     """Score answers with a saved bundle (production use); input order is kept."""
     from .probes import ProbeBundle, Scorer, score_file
 
     probe_bundle = ProbeBundle.load(bundle)  # verify before loading the LLM
+    if target_accuracy is not None:
+        probe_bundle.adjust_to_accuracy(np.array([0.5]), target_accuracy)  # fail early
     scorer = Scorer(
         probe_bundle,
         _load(model, dtype, device),
         allow_llm_mismatch=allow_llm_mismatch,
         batch_size=batch_size,
+        target_accuracy=target_accuracy,
     )
-    errors = score_file(scorer, input_path, out, progress=obj["progress"])
+    errors, shift = score_file(scorer, input_path, out, progress=obj["progress"])
+    if shift is not None and not shift.shifted:
+        click.echo(f"shift check: {shift.message()}", err=True)
     for number, reason in list(errors.items())[:20]:
         click.echo(f"perturbprobe: {input_path}:{number}: not scored: {reason}", err=True)
     if len(errors) > 20:
@@ -550,9 +611,10 @@ def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir, models_
     """The main job, end to end, on the embedded default LLM.
 
     Answers and grades a built-in dataset (plus its gold and wrong answers), extracts the
-    baseline, ccps and entropy_dynamics families, fits the LightGBM, logistic and CCPS (MLP
-    and CNN) probes with Platt calibration, compares them with the calibrated baselines on
-    held-out questions, saves the best bundle and writes an HTML report.
+    baseline, ccps, entropy_dynamics, sua (hidden source) and hidden_states families, selects
+    the probe by grouped cross-validation (`fit --probe auto`) with Platt calibration,
+    compares it with the calibrated baselines on held-out questions, saves the bundle and
+    writes an HTML report.
     """
     import time
 
@@ -570,19 +632,105 @@ def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir, models_
         progress=obj["progress"],
     )
     _print_accuracy(result.accuracy, title=f"{llm.name} on {dataset}")
+    _print_selection(result.report.selection)
+    click.echo(f"→ chosen: {result.best}")
     _print_metrics(result.report, title="held-out questions, the LLM's own answers")
-    click.echo(
-        "\nbest probe on the validation answers: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in result.validation_auroc.items())
-        + f" (AUROC) → {result.best}"
-    )
     ablation = result.report.ablation
-    click.echo(f"\nablation: the {result.best} probe on each family alone\n{ablation.to_string()}")
+    click.echo(f"\nablation: {result.best}, each family alone\n{ablation.to_string()}")
     if result.bundle.abstention is not None:
         _print_abstention(result.bundle.abstention)
     click.echo(f"bundle written to {result.bundle_path}")
     click.echo(f"report written to {result.report_path}")
     click.echo(f"done in {time.perf_counter() - start:.0f} s")
+
+
+@cli.command()
+@_common_model_options
+@_BUNDLE_OPTION
+@click.option(
+    "--records",
+    "-r",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Labelled records JSONL of the new domain (from `collect`); features are extracted "
+    "with the bundle's families and options.",
+)
+@click.option(
+    "--features",
+    "-f",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Instead of --records: a labelled FeatureSet extracted with the bundle's options.",
+)
+@click.option(
+    "--calibrator",
+    "-c",
+    type=click.Choice(_CALIBRATORS),
+    default=None,
+    help="Calibrator kind  [default: the bundle's]",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--allow-llm-mismatch", is_flag=True, help="Accept features from another LLM.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output bundle.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The recalibrated bundle's directory.",
+)
+@click.pass_obj
+def recalibrate(
+    obj,
+    model,
+    device,
+    dtype,
+    bundle,
+    records,
+    features,
+    calibrator,
+    batch_size,
+    allow_llm_mismatch,
+    overwrite,
+    out,
+):
+    """Refit a bundle's calibrator (and threshold) on labelled answers of a new domain."""
+    from .data import read_records
+    from .features import FeatureSet
+    from .features import extract as run_extract
+    from .probes import ProbeBundle
+
+    if (records is None) == (features is None):
+        raise ProbeError("give exactly one of --records and --features")
+    if out.exists() and not overwrite:
+        raise ProbeError(f"{out} already exists; choose another --out or pass --overwrite")
+    parent = ProbeBundle.load(bundle)
+    if features is not None:
+        featureset = FeatureSet.load(features)
+    else:
+        items = read_records(records)
+        llm = _load(model, dtype, device)
+        parent.check_llm(llm.identity(), allow_mismatch=allow_llm_mismatch)
+        featureset = run_extract(
+            llm,
+            items,
+            config=parent.extractor_config,
+            batch_size=batch_size,
+            progress=obj["progress"],
+        )
+    child = parent.recalibrate(
+        featureset,
+        calibrator=calibrator,
+        allow_llm_mismatch=allow_llm_mismatch,
+        source=str(records or features),
+    )
+    child.save(out, overwrite=overwrite)
+    summary = child.manifest["recalibration"]
+    click.echo(
+        f"recalibrated {child.manifest['calibrator']['name']} on {summary['records']} answers "
+        f"({summary['positive_rate']:.1%} correct)"
+    )
+    if child.abstention is not None:
+        _print_abstention(child.abstention)
+    click.echo(f"bundle written to {out}")
 
 
 def _load(model: str, dtype: str, device: str | None):
@@ -640,6 +788,15 @@ def _print_metrics(report, title: str) -> None:
     for name in names:
         cells = [report.metrics[name][metric].to_string() for metric in _TABLE_METRICS]
         click.echo(f"{name:<{width}}" + "".join(f"{cell:>24}" for cell in cells))
+
+
+def _print_selection(table) -> None:
+    click.echo(
+        "\nmodel selection: grouped cross-validation on the training questions "
+        "(the LLM's own answers, Platt-calibrated across folds; lowest log-loss wins)"
+    )
+    columns = ["log_loss", "log_loss_sd", "auroc", "brier", "features", "seconds"]
+    click.echo(table[columns].to_string())
 
 
 def _print_abstention(threshold) -> None:

@@ -2,14 +2,15 @@
 
 1. Collect: the LLM answers every question of a dataset greedily and a grader labels each
    answer; the questions' gold and wrong answers are added as extra training records.
-2. Extract the feature families of :data:`DEMO_FAMILIES`.
-3. Fit the LightGBM, logistic and both CCPS probes (MLP on response-level features, CNN on
-   per-token features) on the same question-grouped split, each with
-   a Platt calibrator and a risk-controlled abstention threshold.
-4. Evaluate them next to the calibrated baselines on the held-out questions' generated
-   answers, pick the probe with the best validation AUROC, save its bundle under
-   ``models/<llm>/<probe>`` and write one report comparing everything, with an ablation
-   table: the chosen probe refitted on each feature family alone.
+2. Extract the feature families of :data:`DEMO_FAMILIES` (scalar families and the
+   ``hidden_states`` block, from the same pass).
+3. Fit with ``--probe auto``: grouped cross-validation on the training questions over the
+   candidate probes × family sets (:func:`perturbprobe.probes.default_candidates`), the
+   lowest log-loss refitted, with a Platt calibrator and a risk-controlled abstention
+   threshold.
+4. Evaluate it next to the calibrated baselines on the held-out questions' generated
+   answers, save its bundle under ``models/<llm>/auto`` and write one report with the
+   selection table and an ablation table: the chosen probe refitted on each family alone.
 
 Steps 1 and 2 are cached in the output directory: a second run with the same LLM, dataset
 and options reuses the records and features.
@@ -20,39 +21,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from ._io import atomic_write
-from .calibration.metrics import roc_auc_score
 from .calibration.report import Report
 from .data import accuracy_table, collect, load_dataset, read_records, write_records
 from .features import ExtractorConfig, FeatureSet, extract
 from .llm import LLM
-from .probes import (
-    ProbeBundle,
-    evaluate_bundles,
-    family_ablation,
-    fit_bundle,
-    llm_slug,
-    split_by_question,
-)
+from .probes import ProbeBundle, family_ablation, fit_bundle, llm_slug, split_by_question
 
-__all__ = ["DEMO_FAMILIES", "DEMO_PROBES", "DemoResult", "run_demo"]
+__all__ = ["DEMO_FAMILIES", "DemoResult", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_PROBES = ("lightgbm", "logistic", "ccps", "ccps-cnn")
 # The families the demo extracts, within its 20-minute budget on 2 CPU cores (4,545 records;
 # benchmarks/extract_speed.py): `sua` with its `hidden` source only, which reuses the CCPS
-# trajectory and costs nothing more. Left out: embedding_perturbation (~20 forward passes per
-# batch with r = 20, ~3 hours) and semantic_gradient and sua's embedding sources (a pass with
-# gradients, ~3-4x a forward, ~25 more minutes); their value on the default LLM is measured in
-# the README.
-DEMO_FAMILIES = ("baseline", "ccps", "entropy_dynamics", "sua")
+# trajectory, and `hidden_states`, which keeps the pass's own activations; neither costs a
+# forward pass. Left out: embedding_perturbation (~20 forward passes per batch with r = 20,
+# ~3 hours) and semantic_gradient and sua's embedding sources (a pass with gradients, ~3-4x a
+# forward, ~25 more minutes); their value on the default LLM is measured in the README.
+DEMO_FAMILIES = ("baseline", "ccps", "entropy_dynamics", "sua", "hidden_states")
 DEMO_OPTIONS = ("sua.sources=hidden",)
 
 
@@ -61,10 +52,9 @@ class DemoResult:
     """What the demo produced."""
 
     accuracy: pd.DataFrame  # per-category accuracy of the LLM's own answers
-    report: Report  # every probe and baseline on the held-out generated answers
-    best: str  # name of the probe whose bundle was saved
-    validation_auroc: dict[str, float]  # probe name -> AUROC on the validation answers
-    bundle: ProbeBundle  # the best probe's, saved at bundle_path
+    report: Report  # the chosen probe and the baselines on the held-out generated answers
+    best: str  # label of the candidate --probe auto chose
+    bundle: ProbeBundle  # saved at bundle_path
     bundle_path: Path
     report_path: Path
 
@@ -76,57 +66,47 @@ def run_demo(
     dataset: str = "builtin:easy-qa",
     limit: int | None = None,
     batch_size: int = 32,
-    probes: Sequence[str] = DEMO_PROBES,
     calibrator: str = "platt",
     target_risk: float = 0.25,
     models_dir: str | Path = "models",
     seed: int = 0,
     progress: bool = True,
 ) -> DemoResult:
-    """Collect, extract, fit, evaluate, save; outputs go under ``out_dir`` and ``models_dir``."""
+    """Collect, extract, fit (auto), evaluate, save; outputs go under ``out_dir`` and
+    ``models_dir``."""
     out_dir = Path(out_dir)
     records = _records(llm, out_dir, dataset, limit, batch_size, progress)
     featureset = _features(llm, records, out_dir, progress)
-    y = featureset.y
-    split = split_by_question(featureset.question_ids, y, random_state=seed)
-    bundles = {}
-    for name in probes:
-        logger.info("fitting the %s probe", name)
-        bundles[name] = fit_bundle(
-            featureset,
-            probe=name,
-            calibrator=calibrator,
-            target_risk=target_risk,
-            split=split,
-            random_state=seed,
-        )
-    validation = split.validation[featureset.sources[split.validation] == "generated"]
-    part = featureset.subset(validation)
-    validation_auroc = {
-        name: float(roc_auc_score(part.y, bundle.predict_raw(part)))
-        for name, bundle in bundles.items()
-    }
-    best = max(validation_auroc, key=validation_auroc.get)
-    bundle_path = Path(models_dir) / llm_slug(llm.name) / best
-    bundles[best].save(bundle_path, overwrite=True)
-    ablation = family_ablation(featureset, split, probe=best, calibrator=calibrator)
-    test = split.test[featureset.sources[split.test] == "generated"]
-    ordered = [bundles[best]] + [bundle for name, bundle in bundles.items() if name != best]
-    report = evaluate_bundles(
-        ordered,
+    split = split_by_question(featureset.question_ids, featureset.y, random_state=seed)
+    bundle = fit_bundle(
         featureset,
-        rows=test,
-        title=f"perturbprobe demo: {llm.name} on {dataset}",
-        summary={"validation AUROC (probe chosen by it)": validation_auroc},
-        ablation=ablation,
+        probe="auto",
+        calibrator=calibrator,
+        target_risk=target_risk,
+        split=split,
+        random_state=seed,
+        progress=progress,
     )
-    paths = report.write(out_dir / "report")
+    selection = bundle.manifest["selection"]["best"]
+    best = f"{selection['probe']} on {' + '.join(selection['families'])}"
+    bundle_path = Path(models_dir) / llm_slug(llm.name) / "auto"
+    logger.info("ablation: %s on each family alone", selection["probe"])
+    ablation = family_ablation(
+        featureset,
+        split,
+        probe=selection["probe"],
+        families=selection["families"],
+        calibrator=calibrator,
+    )
+    bundle.report.ablation = ablation
+    bundle.report.title = f"perturbprobe demo: {llm.name} on {dataset}"
+    bundle.save(bundle_path, overwrite=True)
+    paths = bundle.report.write(out_dir / "report")
     return DemoResult(
         accuracy=accuracy_table([r for r in records if r.source == "generated"]),
-        report=report,
+        report=bundle.report,
         best=best,
-        validation_auroc=validation_auroc,
-        bundle=bundles[best],
+        bundle=bundle,
         bundle_path=bundle_path,
         report_path=paths["report"],
     )

@@ -447,6 +447,7 @@ def test_extractor_config_round_trip():
         "embedding_perturbation",
         "semantic_gradient",
         "sua",
+        "hidden_states",
     ]
     assert ExtractorConfig.create().families == list(FAMILIES) == defaults
     with pytest.raises(ExtractionError, match="unknown feature family 'nosuch'"):

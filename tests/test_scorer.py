@@ -156,7 +156,7 @@ def test_score_file_keeps_order_and_reports_bad_lines(llm, bundle_dir, tmp_path)
              json.dumps(PAIRS[2])]  # fmt: skip
     source = tmp_path / "pairs.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    errors = score_file(Scorer.load(bundle_dir, llm=llm), source, tmp_path / "out.jsonl")
+    errors, _ = score_file(Scorer.load(bundle_dir, llm=llm), source, tmp_path / "out.jsonl")
     assert list(errors) == [2, 4]
     assert "not valid JSON" in errors[2] and "empty" in errors[4]
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]

@@ -3,11 +3,14 @@
 - metrics (pure functions, bootstrap intervals): :func:`evaluate_confidence`, ECE, Brier, …;
 - calibrators: :func:`make_calibrator` (temperature, Platt, isotonic, histogram, none);
 - abstention: :func:`risk_controlled_threshold` (Clopper–Pearson, fixed-sequence testing);
+- base-rate change: :func:`adjust_to_prior` (known-prior label-shift correction);
+- distribution shift: :class:`ShiftReference` → :class:`ShiftCheck` (KS tests, Bonferroni);
 - reports: :func:`build_report` → :class:`Report` (self-contained HTML + JSON).
 """
 
 from .calibrators import CALIBRATORS, Calibrator, calibrator_from_dict, make_calibrator
 from .metrics import METRICS, MetricValue, evaluate_confidence, metrics_table
+from .prior_shift import adjust_to_prior
 from .report import Report, build_report
 from .risk_control import (
     RiskControlledThreshold,
@@ -15,6 +18,7 @@ from .risk_control import (
     risk_controlled_threshold,
     threshold_candidates,
 )
+from .shift import ShiftCheck, ShiftReference
 
 __all__ = [
     "CALIBRATORS",
@@ -23,6 +27,9 @@ __all__ = [
     "MetricValue",
     "Report",
     "RiskControlledThreshold",
+    "ShiftCheck",
+    "ShiftReference",
+    "adjust_to_prior",
     "build_report",
     "calibrator_from_dict",
     "clopper_pearson_upper",

@@ -129,6 +129,13 @@ summary{cursor:pointer;color:#3a6ea5}
 footer{margin-top:40px;font-size:12px}
 """
 
+_SELECTION = (
+    "Every candidate (a probe on a set of feature families) was cross-validated on the "
+    "training questions only, with folds grouped by question; the scores are those of the "
+    "LLM's own answers, Platt-calibrated across folds. The candidate with the lowest log-loss "
+    "was refitted on the whole training part: it is the probe this report evaluates."
+)
+
 
 @dataclass
 class Report:
@@ -148,6 +155,8 @@ class Report:
         Feature name → importance; the largest 20 are shown.
     ablation : pandas DataFrame, optional
         An extra table (e.g. one row per feature family), shown as is.
+    selection : pandas DataFrame, optional
+        The model-selection table (``fit --probe auto``: one row per candidate), shown as is.
     figures : dict of str to bytes
         PNG images by name. ``"reliability"`` (the primary score's diagram) is also written
         as ``reliability.png``; known names get a heading and caption, others their name.
@@ -159,6 +168,7 @@ class Report:
     summary: dict[str, Any]
     importances: pd.Series | None = None
     ablation: pd.DataFrame | None = None
+    selection: pd.DataFrame | None = None
     figures: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -176,7 +186,8 @@ class Report:
         dict
             ``title``, ``primary``, ``perturbprobe_version``, ``metrics`` (score → metric →
             ``{"value", "low", "high"}``), ``summary``, ``importances`` (feature → value, or
-            None) and ``ablation`` (pandas "split" layout: columns, index, data; or None).
+            None), ``ablation`` and ``selection`` (pandas "split" layout: columns, index, data;
+            or None).
         """
         return _jsonable(
             {
@@ -190,6 +201,7 @@ class Report:
                 "summary": self.summary,
                 "importances": None if self.importances is None else self.importances.to_dict(),
                 "ablation": None if self.ablation is None else self.ablation.to_dict("split"),
+                "selection": None if self.selection is None else self.selection.to_dict("split"),
             }
         )
 
@@ -206,6 +218,12 @@ class Report:
             "<h2>Metrics</h2>",
         ]
         sections += self._metrics_tables()
+        if self.selection is not None:
+            sections += [
+                "<h2>Model selection</h2>",
+                f"<p>{_SELECTION}</p>",
+                _html_table(self.selection),
+            ]
         sections += self._figures_html()
         if self.importances is not None and len(self.importances):
             sections += [
@@ -318,6 +336,7 @@ def build_report(
     summary: dict[str, Any],
     importances: pd.Series | Mapping[str, float] | None = None,
     ablation: pd.DataFrame | None = None,
+    selection: pd.DataFrame | None = None,
     title: str = "perturbprobe calibration report",
     n_bins: int = 15,
     n_bootstrap: int = 1000,
@@ -340,6 +359,8 @@ def build_report(
         Feature → importance of the probe.
     ablation : pandas DataFrame, optional
         An extra table, shown as is.
+    selection : pandas DataFrame, optional
+        The model-selection table, shown as is.
     title : str, default="perturbprobe calibration report"
     n_bins : int, default=15
         Bins of the calibration errors and reliability diagrams.
@@ -391,6 +412,7 @@ def build_report(
         summary=summary,
         importances=importance_series,
         ablation=ablation,
+        selection=selection,
         figures=figures,
     )
 

@@ -12,6 +12,7 @@ from .embedding_perturbation import EmbeddingPerturbation, EmbeddingPerturbation
 from .engine import extract
 from .entropy_dynamics import EntropyDynamics, EntropyDynamicsConfig
 from .featureset import FeatureSet
+from .hidden_states import HiddenStates, HiddenStatesConfig
 from .localization import Localization, detection_rate, localize
 from .semantic_gradient import SemanticGradient, SemanticGradientConfig
 from .semantic_token import (
@@ -26,7 +27,15 @@ from .sua import SUA, SUAConfig
 #: Registered families, in default column order.
 FAMILIES: dict[str, type[FeatureFamily]] = {
     family.name: family
-    for family in (Baseline, CCPS, EntropyDynamics, EmbeddingPerturbation, SemanticGradient, SUA)
+    for family in (
+        Baseline,
+        CCPS,
+        EntropyDynamics,
+        EmbeddingPerturbation,
+        SemanticGradient,
+        SUA,
+        HiddenStates,
+    )
 }
 
 __all__ = [
@@ -44,6 +53,8 @@ __all__ = [
     "FamilyOutput",
     "FeatureFamily",
     "FeatureSet",
+    "HiddenStates",
+    "HiddenStatesConfig",
     "Localization",
     "PassBatch",
     "SUAConfig",

@@ -4,13 +4,16 @@ A family is a small class with
 
 - ``name``: its column prefix (``baseline`` → ``baseline/log_prob``);
 - ``Config``: a dataclass of hyper-parameters, every one with a default;
-- ``needs``: what it needs from the pass: ``"final_hidden"``, or ``"input_gradient"`` (the
+- ``needs``: what it needs from the pass: ``"final_hidden"``, ``"hidden_states"`` (every
+  layer's output, kept from the same pass), or ``"input_gradient"`` (the
   :class:`EmbeddingPass`: input embeddings, gradients and perturbed forwards), in which case
   ``gradient_request()`` says which gradients (the engine merges the families' requests
   into one backward pass);
 - ``prepare(llm)``: settings that depend on the model (SemGrad's t* and layer band), resolved
   once before extraction; most families have none;
 - ``token_features()`` / ``response_features()``: its column names, known without data;
+- ``block_layout()``: for a family that returns one wide block of values per response
+  instead of named columns (``hidden_states``), what the block's columns are; None otherwise;
 - ``compute(batch) -> FamilyOutput``: the values for one batch.
 
 Per-token features are aggregated over each response by the engine (``mean, std, min,
@@ -75,6 +78,11 @@ class PassBatch:
         The pass on input embeddings with its gradient, when a family needs it.
     paraphrases : ParaphrasePass or None
         The responses under paraphrased prompts, when a family needs them.
+    prompt_lengths : LongTensor (B,) or None
+        I_i, the prompt length of each pair (response token t sits at position I_i + t).
+    hidden_states : tuple of Tensor (B, L_max, D) or None
+        Every layer's output over the whole right-padded sequences (index 0: embeddings),
+        model dtype, when a family needs them (``"hidden_states"``).
     """
 
     head: Head
@@ -84,6 +92,8 @@ class PassBatch:
     chunk_tokens: int
     embedding_pass: EmbeddingPass | None = None
     paraphrases: ParaphrasePass | None = None
+    prompt_lengths: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
     _shared: dict = field(default_factory=dict, repr=False)
 
     def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -151,12 +161,15 @@ class FamilyOutput:
         Per-token features, columns ``token_names``.
     response_values : Tensor (B, G)
         Response-level features that are not aggregates, columns ``response_names``.
+    block_values : Tensor (B, K) or None
+        The family's wide block (see :meth:`FeatureFamily.block_layout`).
     """
 
     token_names: list[str]
     token_values: torch.Tensor
     response_names: list[str]
     response_values: torch.Tensor
+    block_values: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         for kind, names, values in (
@@ -199,6 +212,10 @@ class FeatureFamily:
     def response_features(self) -> list[str]:
         """Names of the response-level features that are not aggregates."""
         return []
+
+    def block_layout(self) -> dict | None:
+        """``{"columns": K, ...}`` describing the wide block this family returns, or None."""
+        return None
 
     def compute(self, batch: PassBatch) -> FamilyOutput:
         """Features of one batch."""

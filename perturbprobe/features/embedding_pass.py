@@ -58,12 +58,15 @@ class GradientRequest:
     divergences : bool
         Perturbed passes also compute KL(p_t ‖ p_t') and JS(p_t, p_t') against the original
         distributions (``sua``), not only log p'(y_t).
+    keep_hidden_states : bool
+        Keep every layer's output of the pass (detached) for ``hidden_states``.
     """
 
     entropy_weighted: bool = False
     semantic_offset: int | None = None
     hidden_layers: tuple[int, ...] = ()
     divergences: bool = False
+    keep_hidden_states: bool = False
 
     def merge(self, other: GradientRequest) -> GradientRequest:
         """The union of two requests (t* and layers must agree when both set them)."""
@@ -76,6 +79,7 @@ class GradientRequest:
             self.semantic_offset or other.semantic_offset,
             self.hidden_layers or other.hidden_layers,
             self.divergences or other.divergences,
+            self.keep_hidden_states or other.keep_hidden_states,
         )
 
 
@@ -123,6 +127,9 @@ class EmbeddingPass:
     hidden_gradients : dict or None
         ``{"uniform": (B, n_layers, D), "entropy": (B, n_layers, D)}``: the gradients of ℓ₁
         and ℓ_ω w.r.t. ``hidden_states[l]`` at t*, for l in ``request.hidden_layers``.
+    hidden_states : tuple of Tensor (B, L, D) or None
+        Every layer's output (index 0: embeddings), detached, model dtype
+        (``request.keep_hidden_states``).
     """
 
     def __init__(
@@ -156,9 +163,14 @@ class EmbeddingPass:
         request = self.request
         leaf = llm.embed(input_ids).detach().requires_grad_(True)  # (B, L, D)
         with torch.enable_grad():
-            hidden, layers = self._response_hidden(
-                leaf, self.attention_mask, copies=1, layers=request.hidden_layers
-            )  # (N, D), n_layers × (B, L, D)
+            hidden, layers, states = self._response_hidden(
+                leaf,
+                self.attention_mask,
+                copies=1,
+                layers=request.hidden_layers,
+                keep_states=request.keep_hidden_states,
+            )  # (N, D), n_layers × (B, L, D), None or (L+1) × (B, L, D)
+            self.hidden_states = None if states is None else tuple(h.detach() for h in states)
             self.final_hidden = hidden.detach().to(head.weight.dtype)
             self.log_probs, self.entropy, grad_hidden = self._head_pass(
                 self.final_hidden, with_gradient=True
@@ -256,7 +268,7 @@ class EmbeddingPass:
                 k = chunk.shape[0]
                 embeds = (self.embeddings[None] + chunk.to(self.embeddings.dtype)).flatten(0, 1)
                 mask = self.attention_mask.repeat(k, 1)  # (k·B, L)
-                states, _ = self._response_hidden(embeds, mask, copies=k)
+                states, _, _ = self._response_hidden(embeds, mask, copies=k)
                 hidden.append(states.to(self.final_hidden.dtype).view(k, -1, states.shape[-1]))
             return self._compare(torch.cat(hidden), divergences)  # (K, N, D) → stats
 
@@ -289,20 +301,24 @@ class EmbeddingPass:
         return PerturbedStats(stacked("log_prob_y"), stacked("kl"), stacked("js"))
 
     # ---- the decoder and the head ---------------------------------------------------------
-    def _response_hidden(self, embeds, attention_mask, copies: int, layers: Sequence[int] = ()):
-        """h_t (copies·N, D) at the response positions of ``copies`` stacked batch copies, and
-        the full ``hidden_states[l]`` (copies·B, L, D) for l in ``layers``."""
+    def _response_hidden(
+        self, embeds, attention_mask, copies: int, layers: Sequence[int] = (), keep_states=False
+    ):
+        """h_t (copies·N, D) at the response positions of ``copies`` stacked batch copies, the
+        full ``hidden_states[l]`` (copies·B, L, D) for l in ``layers``, and every layer's
+        output when ``keep_states`` (else None)."""
         out = self._llm.model.base_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
-            output_hidden_states=bool(layers),
+            output_hidden_states=bool(layers) or keep_states,
             use_cache=False,
         )
         last = out.last_hidden_state  # (copies·B, L, D)
         positions = (self.token_positions - 1).repeat(copies, 1)  # (copies·B, T_max)
         rows = torch.arange(last.shape[0], device=last.device)[:, None]
         hidden = last[rows, positions][self.response_mask.repeat(copies, 1)]
-        return hidden, [out.hidden_states[layer] for layer in layers]
+        states = tuple(out.hidden_states) if keep_states else None
+        return hidden, [out.hidden_states[layer] for layer in layers], states
 
     def _head_pass(self, hidden: torch.Tensor, with_gradient=False):
         """log p(y_t) and H(p_t) (n,) and, if asked, ∂ log p(y_t)/∂h_t (n, D), in head-sized

@@ -17,6 +17,8 @@ embedding_perturbation        1 F with autograd + 1 B (ℓ₁ = Σ log p) + 1 F 
                               + r F (random; stacked into passes of ≤ 64 sequences)
 semantic_gradient             1 F with autograd + 1 B batched over ℓ₁ and ℓ_ω (≈ 2 B) + head
                               (ParaGrad, ~3 head products per response)
+hidden_states                 nothing more: every layer's output of the shared pass is kept
+                              and pooled (mean over the response, last tokens)
 sua                           hidden: head only (the CCPS trajectory, shared with ``ccps``);
                               embed_adv: the gradient pass + 1 F; embed_random: r F;
                               paraphrase: K F per record (no gradients)
@@ -62,8 +64,9 @@ logger = logging.getLogger(__name__)
 # What the engine can give families, each computed once per batch: the final hidden states of
 # the teacher-forced pass; the pass on input embeddings with one backward (EmbeddingPass; its
 # final hidden states then serve every family, so no second forward); the responses under the
-# records' paraphrased prompts (ParaphrasePass).
-_PROVIDED = frozenset({"final_hidden", "input_gradient", "paraphrases"})
+# records' paraphrased prompts (ParaphrasePass); every layer's output of that same pass
+# (``hidden_states``: kept, not recomputed).
+_PROVIDED = frozenset({"final_hidden", "hidden_states", "input_gradient", "paraphrases"})
 
 
 def extract(
@@ -123,9 +126,11 @@ def extract(
         )
     for family in family_objects:
         family.prepare(llm)
+    keep_states = "hidden_states" in needs
     request = None
     if "input_gradient" in needs:
         requests = [f.gradient_request() for f in family_objects if "input_gradient" in f.needs]
+        requests.append(GradientRequest(keep_hidden_states=keep_states))
         request = functools.reduce(GradientRequest.merge, requests)
     pairs, skipped = _encode(llm, records, config.response_end, skip_invalid)
     paraphrases = None
@@ -142,29 +147,39 @@ def extract(
     columns = [family.columns() for family in family_objects]
     token_schema = [name for tokens, _ in columns for name in tokens]
     schema = [name for _, response in columns for name in response]
+    layouts = {f.name: f.block_layout() for f in family_objects if f.block_layout() is not None}
 
     order = sorted(pairs, key=lambda index: -len(pairs[index].input_ids))
     response_rows: dict[int, np.ndarray] = {}
     token_rows: dict[int, np.ndarray] = {}
+    block_rows: dict[str, dict[int, np.ndarray]] = {name: {} for name in layouts}
     bar = tqdm(total=len(order), desc="extracting", unit="rec", disable=not progress)
     with bar:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            batch = _run_pass(llm, head, [pairs[i] for i in indices], chunk_tokens, request)
+            batch = _run_pass(
+                llm, head, [pairs[i] for i in indices], chunk_tokens, request, keep_states
+            )
             if paraphrases is not None:
                 batch.paraphrases = ParaphrasePass.run(
                     llm, [paraphrases[i] for i in indices], batch.lengths
                 )
-            tokens, responses = _compute_families(family_objects, batch)
+            tokens, responses, blocks = _compute_families(family_objects, batch)
             per_pair_tokens = torch.split(tokens, batch.lengths.tolist())
             for row, index in enumerate(indices):
                 response_rows[index] = responses[row].numpy()
                 token_rows[index] = per_pair_tokens[row].numpy()
+                for name, block in blocks.items():
+                    block_rows[name][index] = block[row].numpy()
             bar.update(len(indices))
 
     kept = list(pairs)  # record indices in record order
     features = _features_frame(records, kept, schema, response_rows)
     tokens = _tokens_frame(llm, records, kept, pairs, token_schema, token_rows)
+    blocks = {
+        name: _block_array(name, [rows[i] for i in kept], layouts[name])
+        for name, rows in block_rows.items()
+    }
     _check_finite(features, schema, tokens, token_schema)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -173,6 +188,7 @@ def extract(
         "config": config.to_dict(),
         "schema": schema,
         "token_schema": token_schema,
+        "blocks": layouts,
         "llm": llm.identity(),
         "counts": {
             "records": len(records),
@@ -183,7 +199,7 @@ def extract(
         "fallback_records": [records[i].id for i in kept if pairs[i].used_fallback],
         "skipped": skipped,
     }
-    return FeatureSet(features=features, tokens=tokens, manifest=manifest)
+    return FeatureSet(features=features, tokens=tokens, manifest=manifest, blocks=blocks)
 
 
 def _encode(llm, records, response_end, skip_invalid):
@@ -205,7 +221,9 @@ def _encode(llm, records, response_end, skip_invalid):
     return pairs, skipped
 
 
-def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int, request):
+def _run_pass(
+    llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int, request, keep_states: bool
+):
     if request is not None:
         embedding_pass = EmbeddingPass(llm, pairs, head, chunk_tokens, request)
         return PassBatch(
@@ -215,8 +233,10 @@ def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int, reque
             lengths=embedding_pass.response_mask.sum(dim=1),
             chunk_tokens=chunk_tokens,
             embedding_pass=embedding_pass,
+            prompt_lengths=embedding_pass.token_positions[:, 0],
+            hidden_states=embedding_pass.hidden_states,
         )
-    out = llm.teacher_forced(pairs, logits=False)
+    out = llm.teacher_forced(pairs, logits=False, hidden_states=keep_states)
     mask = out.response_mask  # (B, T_max)
     return PassBatch(
         head=head,
@@ -224,12 +244,15 @@ def _run_pass(llm: LLM, head, pairs: list[EncodedPair], chunk_tokens: int, reque
         token_ids=out.response_ids[mask],  # (N,)
         lengths=out.response_lengths,
         chunk_tokens=chunk_tokens,
+        prompt_lengths=out.prompt_lengths,
+        hidden_states=out.hidden_states,
     )
 
 
-def _compute_families(families, batch: PassBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, n_token_features) and (B, n_features) for one batch, in schema order."""
-    token_parts, response_parts = [], []
+def _compute_families(families, batch: PassBatch):
+    """(N, n_token_features), (B, n_features) in schema order, and {family: (B, K)} blocks,
+    for one batch."""
+    token_parts, response_parts, blocks = [], [], {}
     with torch.no_grad():
         for family in families:
             output = family.compute(batch)
@@ -237,9 +260,24 @@ def _compute_families(families, batch: PassBatch) -> tuple[torch.Tensor, torch.T
             if family.aggregate:
                 response_parts.append(aggregate_tokens(batch, output.token_values))
             response_parts.append(output.response_values)
+            if output.block_values is not None:
+                blocks[family.name] = output.block_values.cpu()
     tokens = torch.cat(token_parts, dim=1).cpu()
     responses = torch.cat(response_parts, dim=1).cpu()
-    return tokens, responses
+    return tokens, responses, blocks
+
+
+def _block_array(name: str, rows: list[np.ndarray], layout: dict) -> np.ndarray:
+    """The (n_records, K) block in its storage dtype; non-finite values (a float16 overflow)
+    raise."""
+    values = np.stack(rows).astype(layout["dtype"])
+    if not np.isfinite(values).all():
+        hint = f" (float16 overflows above 65,504: --set {name}.dtype=float32)"
+        raise ExtractionError(
+            f"non-finite values in the {name} block"
+            + (hint if layout["dtype"] == "float16" else "; this is a bug, please report it")
+        )
+    return values
 
 
 def _features_frame(records, kept, schema, rows) -> pd.DataFrame:

@@ -7,9 +7,12 @@ A FeatureSet directory holds
   feature columns in schema order;
 - ``tokens.parquet``: one row per response token — ``record_id``, ``token_index``,
   ``token_id``, ``token``, then the per-token feature columns;
+- ``<family>.npy``: for a family that returns one wide block per record (``hidden_states``),
+  the (n_records, K) array in record order, float16 or float32, read without pickle and
+  memory-mapped; its layout (what the K columns are) is in the manifest's ``blocks``;
 - ``manifest.json``: format version, perturbprobe version, creation time, the extractor
-  config, the schema and token schema, the LLM's identity, counts, and the records that
-  could not be scored with the reason.
+  config, the schema and token schema, the block layouts, the LLM's identity, counts, and
+  the records that could not be scored with the reason.
 
 Directories are written to a temporary sibling and renamed at the end, so an interrupted
 extraction never leaves a directory that looks complete.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +37,9 @@ __all__ = ["FORMAT_VERSION", "FeatureSet"]
 
 # Bump when a reader of the previous version would misread the files (renamed or removed
 # columns, changed meaning). Adding manifest keys does not need a bump.
-# Version 2 added the ``source`` column.
-FORMAT_VERSION = 2
+# Version 2 added the ``source`` column; version 3 the blocks (version 2 is still read).
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (2, 3)
 _FILES = ("features.parquet", "tokens.parquet", "manifest.json")
 _ID_COLUMNS = ["record_id", "question_id", "label", "source"]
 _TOKEN_ID_COLUMNS = ["record_id", "token_index", "token_id", "token"]
@@ -50,11 +54,21 @@ class FeatureSet:
     features : DataFrame (n_records, 4 + n_features)
     tokens : DataFrame (n_tokens, 4 + n_token_features)
     manifest : dict
+    blocks : dict of str to ndarray (n_records, K)
+        Wide per-record blocks by family (``hidden_states``), rows in record order.
     """
 
     features: pd.DataFrame
     tokens: pd.DataFrame
     manifest: dict[str, Any]
+    blocks: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, block in self.blocks.items():
+            if block.ndim != 2 or block.shape[0] != len(self.features):
+                raise ExtractionError(
+                    f"block {name!r} has shape {block.shape}; expected ({len(self.features)}, K)"
+                )
 
     # ---- views ------------------------------------------------------------------------------
     @property
@@ -66,6 +80,61 @@ class FeatureSet:
     def token_schema(self) -> list[str]:
         """Ordered per-token feature column names."""
         return list(self.manifest["token_schema"])
+
+    @property
+    def families(self) -> list[str]:
+        """The extracted feature families, in column order."""
+        return list(self.manifest["config"]["families"])
+
+    @property
+    def block_layouts(self) -> dict[str, dict[str, Any]]:
+        """``{family: layout}`` of the wide blocks (``columns``: their width K)."""
+        return dict(self.manifest.get("blocks", {}))
+
+    def matrix(self, families: Sequence[str] | None = None) -> tuple[np.ndarray, list]:
+        """Every feature of ``families`` (all when None) as one float32 array, for probes.
+
+        Returns
+        -------
+        X : ndarray (n_records, F), float32
+            The families' response-level columns in schema order, then their blocks
+            (``probe_table(columns, blocks)``).
+        groups : list of (family, width)
+            Which consecutive columns of X belong to which family, in X's order.
+        """
+        wanted = self.families if families is None else list(families)
+        unknown = [name for name in wanted if name not in self.families]
+        if unknown:
+            raise ExtractionError(
+                f"the features have no {', '.join(unknown)} family; "
+                f"available: {', '.join(self.families)}"
+            )
+        columns, groups = [], []
+        for family in self.families:
+            mine = [name for name in self.schema if name.split("/", 1)[0] == family]
+            if family in wanted and mine:
+                columns += mine
+                groups.append((family, len(mine)))
+        blocks = [family for family in self.block_layouts if family in wanted]
+        groups += [(family, int(self.blocks[family].shape[1])) for family in blocks]
+        if not groups:
+            raise ExtractionError(f"the families {', '.join(wanted)} have no columns")
+        table = self.probe_table(columns, blocks)
+        return np.asarray(table, dtype=np.float32), groups
+
+    def probe_table(self, columns: Sequence[str], blocks: Sequence[str] = ()):
+        """What a table probe reads: the DataFrame ``features[columns]`` (n, F) when there are
+        no ``blocks`` (feature names kept), else one float32 array (n, F + ΣK) — the columns,
+        then each block, in order (missing values as NaN)."""
+        if not blocks:
+            return self.features[list(columns)]
+        missing = [name for name in blocks if name not in self.blocks]
+        if missing:
+            raise ExtractionError(f"the features have no {', '.join(missing)} block")
+        scalars = self.features[list(columns)].to_numpy(dtype=np.float32, na_value=np.nan)
+        return np.concatenate(
+            [scalars, *(np.asarray(self.blocks[b]) for b in blocks)], axis=1, dtype=np.float32
+        )
 
     @property
     def X(self) -> pd.DataFrame:
@@ -129,7 +198,8 @@ class FeatureSet:
         features = self.features.iloc[positions].reset_index(drop=True)
         kept = self.tokens["record_id"].isin(set(features["record_id"]))
         tokens = self.tokens[kept].reset_index(drop=True)
-        return FeatureSet(features=features, tokens=tokens, manifest=self.manifest)
+        blocks = {name: np.asarray(block[positions]) for name, block in self.blocks.items()}
+        return FeatureSet(features=features, tokens=tokens, manifest=self.manifest, blocks=blocks)
 
     def join(self, other: FeatureSet) -> FeatureSet:
         """This FeatureSet's families and ``other``'s, for the same records and LLM (e.g.
@@ -159,6 +229,8 @@ class FeatureSet:
         )
         if len(other.tokens) != len(self.tokens) or tokens[other.token_schema].isna().any().any():
             raise ExtractionError("cannot join: the records' response tokens differ")
+        theirs_rows = pd.Index(other.record_ids).get_indexer(self.record_ids)
+        blocks = {**self.blocks, **{n: b[theirs_rows] for n, b in other.blocks.items()}}
         manifest = {
             **mine,
             "config": {
@@ -167,8 +239,9 @@ class FeatureSet:
             },
             "schema": self.schema + other.schema,
             "token_schema": self.token_schema + other.token_schema,
+            "blocks": {**self.block_layouts, **other.block_layouts},
         }
-        return FeatureSet(features=features, tokens=tokens, manifest=manifest)
+        return FeatureSet(features=features, tokens=tokens, manifest=manifest, blocks=blocks)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -189,13 +262,18 @@ class FeatureSet:
         with atomic_directory(path) as staging:
             self.features.to_parquet(staging / "features.parquet", index=False)
             self.tokens.to_parquet(staging / "tokens.parquet", index=False)
+            for name, block in self.blocks.items():
+                np.save(staging / f"{name}.npy", np.ascontiguousarray(block), allow_pickle=False)
             text = json.dumps(self.manifest, indent=2, ensure_ascii=False)
             (staging / "manifest.json").write_text(text, encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureSet:
-        """Read a FeatureSet directory, checking its files, version and schema."""
+        """Read a FeatureSet directory, checking its files, version and schema.
+
+        Blocks are memory-mapped read-only (``.npy``, never unpickled), so a wide block costs
+        memory only for the rows a probe reads."""
         path = Path(path)
         missing = [name for name in _FILES if not (path / name).is_file()]
         if missing:
@@ -209,11 +287,11 @@ class FeatureSet:
             tokens = pd.read_parquet(path / "tokens.parquet")
         except (OSError, ValueError) as exc:
             raise ExtractionError(f"{path}: unreadable FeatureSet ({exc})") from exc
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        if version not in _READABLE_VERSIONS:
             raise ExtractionError(
                 f"{path}: FeatureSet format version {version!r}, this perturbprobe reads "
-                f"{FORMAT_VERSION}; extract the features again"
+                f"{', '.join(map(str, _READABLE_VERSIONS))}; extract the features again"
             )
         expected = _ID_COLUMNS + list(manifest["schema"])
         if list(features.columns) != expected:
@@ -221,4 +299,15 @@ class FeatureSet:
         if list(tokens.columns) != _TOKEN_ID_COLUMNS + list(manifest["token_schema"]):
             raise ExtractionError(f"{path}: tokens.parquet columns do not match the manifest")
         features["label"] = features["label"].astype("Int64")
-        return cls(features=features, tokens=tokens, manifest=manifest)
+        blocks = {}
+        for name, layout in manifest.get("blocks", {}).items():
+            try:
+                blocks[name] = np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise ExtractionError(f"{path}: unreadable {name} block ({exc})") from exc
+            if blocks[name].shape != (len(features), layout.get("columns")):
+                raise ExtractionError(
+                    f"{path}: {name}.npy has shape {blocks[name].shape}, the manifest says "
+                    f"({len(features)}, {layout.get('columns')}); the FeatureSet is corrupt"
+                )
+        return cls(features=features, tokens=tokens, manifest=manifest, blocks=blocks)

@@ -272,7 +272,12 @@ class ContrastiveProbe(Probe):
 
     # -- training ---------------------------------------------------------------------------
 
-    def _fit(self, X: Any, y: np.ndarray, groups: np.ndarray | None) -> None:
+    def _fit(self, X: Any, y: np.ndarray, groups, sample_weight) -> None:
+        if sample_weight is not None:
+            raise ProbeError(
+                f"the {self.name} probe does not take sample_weight (its contrastive loss "
+                "weighs pairs of rows); use lightgbm, logistic or logistic-cv to weight rows"
+            )
         for name, valid, expected in self._parameter_rules():
             check_parameter(self, name, valid, expected)
         device = self._device()

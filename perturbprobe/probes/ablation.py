@@ -35,6 +35,7 @@ def family_ablation(
     *,
     probe: str = "lightgbm",
     probe_params: dict[str, Any] | None = None,
+    families: Sequence[str] | None = None,
     calibrator: str = "platt",
     heldout_sources: Sequence[str] | None = None,
     random_state: int = 0,
@@ -48,6 +49,9 @@ def family_ablation(
         Labelled features with at least one family.
     split : QuestionSplit
         The train / validation / test parts (e.g. a bundle's, see :func:`bundle_split`).
+    families : sequence of str, optional
+        The families to ablate (default: every family the probe can read); the last row
+        fits on all of them together.
     probe, probe_params, calibrator, heldout_sources, random_state
         As in :func:`fit_bundle`.
     n_bootstrap : int
@@ -56,13 +60,19 @@ def family_ablation(
     Returns
     -------
     DataFrame
-        One row per family and a last row ``all families``; columns ``features`` (how many
-        columns the probe read) and one ``"value [low, high]"`` column per metric of
-        :data:`ABLATION_METRICS`.
+        One row per family and a last row ``all families`` (all of ``families``); columns
+        ``features`` (how many columns the probe read) and one ``"value [low, high]"`` column
+        per metric of :data:`ABLATION_METRICS`.
     """
     sequence = probe_class(probe).input_kind == "sequence"
     columns = featureset.token_schema if sequence else featureset.schema
-    families = list(dict.fromkeys(name.split("/", 1)[0] for name in columns))
+    readable = list(dict.fromkeys(name.split("/", 1)[0] for name in columns))
+    if not sequence:
+        readable += list(featureset.block_layouts)
+    if families is None:
+        families = readable
+    else:
+        families = [family for family in families if family in readable]
     rows = []
     for family in [*families, None]:
         logger.info("ablation: %s on %s", probe, family or "all families")
@@ -71,7 +81,7 @@ def family_ablation(
             probe=probe,
             probe_params=probe_params,
             calibrator=calibrator,
-            families=None if family is None else [family],
+            families=families if family is None else [family],
             heldout_sources=heldout_sources,
             split=split,
             random_state=random_state,
@@ -86,7 +96,7 @@ def family_ablation(
             n_bootstrap=n_bootstrap,
             random_state=random_state,
         )
-        row = {"features": len(bundle.schema) or len(bundle.token_schema)}
+        row = {"features": int(bundle.probe.n_features_in_)}
         row.update({metric: values[metric].to_string() for metric in ABLATION_METRICS})
         rows.append(pd.Series(row, name=family or "all families"))
     table = pd.DataFrame(rows)

@@ -65,6 +65,8 @@ _PROBE_PATHS = {
     "ccps-cnn": "perturbprobe.probes.ccps:CCPSSequenceProbe",
     "lightgbm": "perturbprobe.probes.lightgbm:LightGBMProbe",
     "logistic": "perturbprobe.probes.logistic:LogisticProbe",
+    "logistic-cv": "perturbprobe.probes.logistic_cv:LogisticCVProbe",
+    "stacking": "perturbprobe.probes.stacking:StackingProbe",
 }
 
 
@@ -211,6 +213,22 @@ def _check_groups(groups: Any, n_rows: int) -> np.ndarray | None:
     return groups
 
 
+def _check_sample_weight(sample_weight: Any, n_rows: int) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ProbeError(f"sample_weight must be numeric: {exc}") from exc
+    if weights.shape != (n_rows,):
+        raise ProbeError(
+            f"sample_weight must hold one weight per record ({n_rows}); got {weights.shape}"
+        )
+    if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ProbeError("sample_weight must be finite, non-negative and not all zero")
+    return weights
+
+
 def _table_to_array(X: Any) -> np.ndarray:
     if isinstance(X, pd.DataFrame):
         numeric = [
@@ -289,7 +307,7 @@ class Probe(ClassifierMixin, BaseEstimator):
 
     # -- fit / predict ----------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any, groups: Any = None) -> Probe:
+    def fit(self, X: Any, y: Any, groups: Any = None, sample_weight: Any = None) -> Probe:
         """Fit the probe.
 
         Parameters
@@ -300,6 +318,10 @@ class Probe(ClassifierMixin, BaseEstimator):
             1 if the LLM's answer is correct, 0 if not.
         groups : array-like, shape (n,), optional
             Question of each record; early-stopping splits keep a question's answers together.
+        sample_weight : array-like of float, shape (n,), optional
+            Weight of each record in the training loss (e.g. down-weighted gold and wrong
+            teacher-forced answers); non-negative, not all zero. Probes that cannot weight
+            rows (the CCPS probes) refuse it.
 
         Returns
         -------
@@ -313,7 +335,8 @@ class Probe(ClassifierMixin, BaseEstimator):
         """
         data, n_features, names = self._check_features(X, fitting=True)
         labels = _check_labels(y, len(data))
-        self._fit(data, labels, _check_groups(groups, len(data)))
+        weights = _check_sample_weight(sample_weight, len(data))
+        self._fit(data, labels, _check_groups(groups, len(data)), weights)
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = n_features
         if names is not None:
@@ -344,7 +367,9 @@ class Probe(ClassifierMixin, BaseEstimator):
         positive = self.predict_proba(X)[:, 1]
         return self.classes_[(positive >= 0.5).astype(np.int64)]
 
-    def _fit(self, X: Any, y: np.ndarray, groups: np.ndarray | None) -> None:
+    def _fit(
+        self, X: Any, y: np.ndarray, groups: np.ndarray | None, sample_weight: np.ndarray | None
+    ) -> None:
         raise NotImplementedError
 
     def _predict_positive(self, X: Any) -> np.ndarray:
@@ -516,7 +541,8 @@ class _Registry(Mapping):
 
 
 PROBES: Mapping[str, type[Probe]] = _Registry()
-"""Every probe by name (``ccps``, ``ccps-cnn``, ``lightgbm``, ``logistic``)."""
+"""Every probe by name (``ccps``, ``ccps-cnn``, ``lightgbm``, ``logistic``, ``logistic-cv``,
+``stacking``)."""
 
 
 def probe_class(name: str) -> type[Probe]:

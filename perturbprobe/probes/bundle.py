@@ -11,7 +11,10 @@ A bundle directory holds
 - the probe's state: ``logistic.joblib`` (scikit-learn), ``lightgbm.txt`` (LightGBM's own text
   format) or ``ccps.safetensors`` + ``ccps.json`` (torch weights); written by the probe;
 - ``calibrators.json``: the probe's calibrator and the baselines' calibrators (plain numbers);
-- ``split.json``: the record ids of the train / validation / test parts;
+- ``split.json``: the record ids of the train / validation / test parts (and of the
+  recalibration answers of a recalibrated bundle);
+- ``shift.json``: a compact reference of the in-distribution inputs (quantiles of the probe's
+  raw score and of a few key features on held-out answers), for the shift warning;
 - ``report.html``, ``metrics.json``, ``reliability.png``: the held-out evaluation.
 
 :meth:`ProbeBundle.load` checks the format version, the manifest's own hash and every file's
@@ -40,13 +43,15 @@ import numpy as np
 from .._io import atomic_directory
 from .._version import __version__
 from ..calibration.calibrators import Calibrator, calibrator_from_dict
+from ..calibration.prior_shift import adjust_to_prior
 from ..calibration.report import Report
 from ..calibration.risk_control import RiskControlledThreshold
+from ..calibration.shift import ShiftCheck, ShiftReference
 from ..errors import BundleError, PerturbprobeError
 from ..features import ExtractorConfig, FeatureSet
 from .base import Probe, probe_class
 
-__all__ = ["BUNDLE_FORMAT_VERSION", "ProbeBundle", "llm_slug"]
+__all__ = ["BUNDLE_FORMAT_VERSION", "SHIFT_ALPHA", "SHIFT_FEATURES", "ProbeBundle", "llm_slug"]
 
 # Bump when a reader of the previous version would misread a bundle (renamed files or keys,
 # changed meaning). New optional manifest keys do not need a bump.
@@ -54,6 +59,14 @@ BUNDLE_FORMAT_VERSION = 1
 _MANIFEST = "manifest.json"
 _CALIBRATORS = "calibrators.json"
 _SPLIT = "split.json"
+_SHIFT = "shift.json"
+
+# Response-level columns the shift reference summarises besides the probe's raw score, when
+# the probe reads them: the answer's confidence, the distributions' spread and its length.
+SHIFT_FEATURES = ("baseline/prob:mean", "baseline/entropy:mean", "baseline/n_tokens")
+# Significance level of the shift warning (Bonferroni over the summarised features): with
+# batches drawn like the training data it fires about once per 1,000 batches.
+SHIFT_ALPHA = 0.001
 
 
 @dataclass
@@ -76,7 +89,10 @@ class ProbeBundle:
     report : Report or None
         The held-out evaluation (written as report.html, metrics.json, reliability.png).
     split : dict of str to list of str
-        Record ids of the ``train``, ``validation`` and ``test`` parts.
+        Record ids of the ``train``, ``validation`` and ``test`` parts (and
+        ``recalibration``).
+    shift_reference : ShiftReference or None
+        Quantiles of the raw score and key features on held-out in-distribution answers.
     """
 
     probe: Probe
@@ -86,6 +102,7 @@ class ProbeBundle:
     abstention: RiskControlledThreshold | None = None
     report: Report | None = None
     split: dict[str, list[str]] = field(default_factory=dict)
+    shift_reference: ShiftReference | None = None
 
     # ---- what the probe reads ---------------------------------------------------------------
     @property
@@ -99,20 +116,27 @@ class ProbeBundle:
         return list(self.manifest["token_schema"])
 
     @property
+    def blocks(self) -> list[str]:
+        """Wide blocks (``hidden_states``) a table probe reads after ``schema``, in order."""
+        return list(self.manifest.get("blocks", {}))
+
+    @property
     def extractor_config(self) -> ExtractorConfig:
         """The extractor config restricted to the families the probe reads."""
         config = self.manifest["extractor"]
         needed = {name.split("/", 1)[0] for name in self.schema + self.token_schema}
+        needed |= set(self.blocks)
         families = {k: v for k, v in config["families"].items() if k in needed}
         return ExtractorConfig.from_dict({**config, "families": families})
 
     def probe_inputs(self, featureset: FeatureSet, *, allow_llm_mismatch: bool = False):
         """The probe's input for every record of ``featureset``: a DataFrame (n, F) in schema
-        order, or a list of (T_i, F) arrays; raises BundleError if the features do not match."""
+        order, a float32 array (n, F + ΣK) when the probe reads blocks too, or a list of
+        (T_i, F) arrays; raises BundleError if the features do not match."""
         self.check_features(featureset, allow_llm_mismatch=allow_llm_mismatch)
         if self.probe.input_kind == "sequence":
             return featureset.token_sequences(self.token_schema)
-        return featureset.features[self.schema]
+        return featureset.probe_table(self.schema, self.blocks)
 
     def predict_raw(self, featureset: FeatureSet, *, allow_llm_mismatch: bool = False):
         """The probe's uncalibrated P(correct) (n,) for every record of ``featureset``."""
@@ -125,6 +149,42 @@ class ProbeBundle:
         """Calibrated P(correct) (n,) for every record of ``featureset``."""
         raw = self.predict_raw(featureset, allow_llm_mismatch=allow_llm_mismatch)
         return self.calibrator.transform(raw)
+
+    def adjust_to_accuracy(self, confidence: np.ndarray, target_accuracy: float) -> np.ndarray:
+        """Calibrated confidences (n,) moved from the calibration data's accuracy to
+        ``target_accuracy`` (prior-shift correction, when the accuracy on your traffic is
+        known; see :func:`~perturbprobe.calibration.adjust_to_prior`)."""
+        source = self.manifest["calibrator"].get("positive_rate")
+        if source is None:
+            raise BundleError(
+                "this bundle does not record its calibration data's accuracy; fit it again "
+                "to use target_accuracy"
+            )
+        _check_accuracy(target_accuracy)
+        return adjust_to_prior(confidence, source_rate=source, target_rate=target_accuracy)
+
+    def shift_values(self, featureset: FeatureSet, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """What the shift reference summarises, for the records of ``featureset``: the raw
+        probe score ``raw`` (n,) and the :data:`SHIFT_FEATURES` columns the probe reads."""
+        values = {"probe score": np.asarray(raw, dtype=np.float64)}
+        for column in SHIFT_FEATURES:
+            if column in self.schema:
+                values[column] = featureset.features[column].to_numpy(dtype=np.float64)
+        return values
+
+    def check_shift(self, featureset: FeatureSet, raw: np.ndarray) -> ShiftCheck | None:
+        """Whether a batch of inputs looks unlike the training data (None without a
+        reference); ``raw`` is the probe's raw score of each record of ``featureset``."""
+        if self.shift_reference is None:
+            return None
+        return self.shift_reference.check(self.shift_values(featureset, raw), alpha=SHIFT_ALPHA)
+
+    def recalibrate(self, featureset: FeatureSet, **kwargs) -> ProbeBundle:
+        """A copy with the calibrator (and abstention threshold) refitted on labelled answers
+        of a new domain; see :func:`perturbprobe.probes.recalibrate`."""
+        from .recalibration import recalibrate
+
+        return recalibrate(self, featureset, **kwargs)
 
     def abstain(self, confidence: np.ndarray) -> np.ndarray | None:
         """Boolean (n,): True where the bundle's threshold says abstain; None without one."""
@@ -156,6 +216,13 @@ class ProbeBundle:
                 f"(e.g. {', '.join(missing[:3])}); extract with the bundle's families: "
                 f"{', '.join(self.extractor_config.families)}"
             )
+        for name, layout in self.manifest.get("blocks", {}).items():
+            if featureset.block_layouts.get(name) != layout:
+                raise BundleError(
+                    f"the features' {name} block is {featureset.block_layouts.get(name)} but the "
+                    f"probe was fitted on {layout}; extract with the bundle's families: "
+                    f"{', '.join(self.extractor_config.families)}"
+                )
         ours = self.extractor_config.to_dict()
         theirs = featureset.manifest["config"]
         for family, options in ours["families"].items():
@@ -186,6 +253,8 @@ class ProbeBundle:
             }
             _write_json(staging / _CALIBRATORS, calibrators)
             _write_json(staging / _SPLIT, self.split)
+            if self.shift_reference is not None:
+                _write_json(staging / _SHIFT, self.shift_reference.to_dict())
             if self.report is not None:
                 self.report.write(staging)
             manifest = {
@@ -195,9 +264,9 @@ class ProbeBundle:
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "abstention": None if self.abstention is None else self.abstention.to_dict(),
                 "files": {
-                    file.name: _sha256(file)
-                    for file in sorted(staging.iterdir())
-                    if file.is_file() and file.name != _MANIFEST
+                    file.relative_to(staging).as_posix(): _sha256(file)
+                    for file in sorted(staging.rglob("*"))
+                    if file.is_file() and file != staging / _MANIFEST
                 },
             }
             manifest.pop("manifest_sha256", None)
@@ -233,6 +302,8 @@ class ProbeBundle:
                 "re-create the bundle with `perturbprobe fit`"
             )
         for name, digest in manifest["files"].items():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"{path}: the manifest lists a file outside the bundle: {name}")
             file = path / name
             if not file.is_file():
                 raise BundleError(f"{path}: bundle file {name} is missing; the bundle is corrupt")
@@ -252,6 +323,11 @@ class ProbeBundle:
             if abstention is not None:
                 abstention = RiskControlledThreshold.from_dict(abstention)
             split = json.loads((path / _SPLIT).read_text(encoding="utf-8"))
+            shift = None
+            if _SHIFT in manifest["files"]:
+                shift = ShiftReference.from_dict(
+                    json.loads((path / _SHIFT).read_text(encoding="utf-8"))
+                )
         except PerturbprobeError as exc:
             raise BundleError(f"{path}: {exc}") from exc
         except (KeyError, TypeError, ValueError, OSError) as exc:
@@ -263,12 +339,13 @@ class ProbeBundle:
             baseline_calibrators=baselines,
             abstention=abstention,
             split=split,
+            shift_reference=shift,
         )
 
     def __repr__(self) -> str:
         return (
             f"ProbeBundle({self.manifest['probe']['name']} + {self.manifest['calibrator']['name']}"
-            f", {len(self.schema) or len(self.token_schema)} features, "
+            f", {self.probe.n_features_in_} features, "
             f"LLM {self.manifest['llm'].get('name')!r})"
         )
 
@@ -278,6 +355,15 @@ def llm_slug(name: str) -> str:
     ``smollm2-135m-instruct`` (bundles default to ``models/<slug>/<probe>``)."""
     stem = Path(str(name).rstrip("/")).name.removesuffix(".gguf")
     return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.") or "llm"
+
+
+def _check_accuracy(value: float) -> None:
+    try:
+        ok = 0 < float(value) < 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise BundleError(f"target accuracy must be in (0, 1), got {value!r}")
 
 
 def _sha256(path: Path) -> str:

@@ -31,8 +31,12 @@ def probe_label(bundle: ProbeBundle) -> str:
 
 def heldout_rows(bundle: ProbeBundle, featureset: FeatureSet) -> np.ndarray:
     """Positions of the records of ``featureset`` the bundle was neither fitted nor calibrated
-    on (all of them for new data; the test part when given the training features)."""
-    seen = set(bundle.split.get("train", [])) | set(bundle.split.get("validation", []))
+    (or recalibrated) on: all of them for new data, the test part for the training features."""
+    seen = {
+        record_id
+        for part in ("train", "validation", "recalibration")
+        for record_id in bundle.split.get(part, [])
+    }
     return np.flatnonzero([record_id not in seen for record_id in featureset.record_ids])
 
 
@@ -47,6 +51,7 @@ def evaluate_bundles(
     title: str = "perturbprobe calibration report",
     allow_llm_mismatch: bool = False,
     ablation: pd.DataFrame | None = None,
+    selection: pd.DataFrame | None = None,
 ) -> Report:
     """Report on the probes of ``bundles`` and the baselines, on the labelled rows ``rows``.
 
@@ -64,6 +69,8 @@ def evaluate_bundles(
         Evaluate features extracted with another LLM than the bundles' (normally refused).
     ablation : DataFrame, optional
         A table from :func:`family_ablation`, shown in the report.
+    selection : DataFrame, optional
+        The model-selection table of ``fit --probe auto``, shown in the report.
     """
     bundles = [bundles] if isinstance(bundles, ProbeBundle) else list(bundles)
     if rows is None:
@@ -109,6 +116,7 @@ def evaluate_bundles(
         summary=report_summary,
         importances=importances if hasattr(importances, "nlargest") else None,
         ablation=ablation,
+        selection=selection,
         title=title,
         n_bootstrap=n_bootstrap,
         random_state=random_state,

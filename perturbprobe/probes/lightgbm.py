@@ -126,7 +126,7 @@ class LightGBMProbe(Probe):
     def _state_errors(cls) -> tuple[type[Exception], ...]:
         return (*super()._state_errors(), lgb.basic.LightGBMError)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, groups, sample_weight) -> None:
         check_parameter(self, "n_estimators", lambda v: is_int(v, 1), "an int >= 1")
         check_parameter(self, "learning_rate", lambda v: v > 0, "a float > 0")
         check_parameter(self, "validation_fraction", lambda v: 0 < v < 1, "a float in (0, 1)")
@@ -150,8 +150,19 @@ class LightGBMProbe(Probe):
             "force_row_wise": True,
             "verbosity": -1,
         }
-        train_set = lgb.Dataset(X[train], label=y[train], params={"verbosity": -1})
-        validation_set = lgb.Dataset(X[validation], label=y[validation], reference=train_set)
+        w = sample_weight
+        train_set = lgb.Dataset(
+            X[train],
+            label=y[train],
+            weight=None if w is None else w[train],
+            params={"verbosity": -1},
+        )
+        validation_set = lgb.Dataset(
+            X[validation],
+            label=y[validation],
+            weight=None if w is None else w[validation],
+            reference=train_set,
+        )
         booster = lgb.train(
             params,
             train_set,

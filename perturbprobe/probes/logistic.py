@@ -71,7 +71,7 @@ class LogisticProbe(Probe):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, groups, sample_weight) -> None:
         self.pipeline_ = Pipeline(
             [
                 ("impute", SimpleImputer(strategy="median")),
@@ -87,7 +87,7 @@ class LogisticProbe(Probe):
                     ),
                 ),
             ]
-        ).fit(X, y)
+        ).fit(X, y, logistic__sample_weight=sample_weight)
 
     def _predict_positive(self, X: np.ndarray) -> np.ndarray:
         return self.pipeline_.predict_proba(X)[:, 1]

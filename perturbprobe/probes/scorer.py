@@ -5,7 +5,9 @@
 0.93
 
 The scorer extracts only the feature families the bundle's probe reads, with the bundle's
-options, then applies the probe and its calibrator.
+options, then applies the probe and its calibrator (and, given ``target_accuracy``, the
+prior-shift correction). Each batch is compared with the bundle's shift reference; a batch
+that looks unlike the training data gets a one-line warning (``Scores.shift``).
 
 Thread safety: a Scorer may be shared between threads; calls are serialised by a lock (the
 LLM runs one batch at a time), so concurrent callers wait for each other rather than
@@ -15,6 +17,7 @@ interleaving passes. For throughput, batch pairs in one :meth:`Scorer.score` cal
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .._io import write_jsonl
+from ..calibration.shift import ShiftCheck
 from ..data.records import Record, pair_record
 from ..errors import DatasetError, PairEncodingError, PerturbprobeError
 from ..features import extract
@@ -32,6 +36,8 @@ from ..llm import LLM, load_llm
 from .bundle import ProbeBundle
 
 __all__ = ["Scorer", "Scores", "score_file"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,15 @@ class Scores:
         that could not be scored); None when the bundle has no threshold.
     errors : dict of int to str
         Position → why that pair could not be scored.
+    shift : ShiftCheck or None
+        Whether the scored pairs, as a batch, look unlike the probe's training data (None
+        when the bundle has no shift reference or nothing was scored).
     """
 
     confidence: np.ndarray
     abstain: np.ndarray | None
     errors: dict[int, str]
+    shift: ShiftCheck | None = None
 
 
 class Scorer:
@@ -67,6 +77,10 @@ class Scorer:
         Pairs per teacher-forced pass.
     memory_mb : float
         Budget of the head arithmetic (results do not depend on it).
+    target_accuracy : float in (0, 1), optional
+        The accuracy you know the LLM has on your traffic: confidences are moved from the
+        calibration data's accuracy to it (prior-shift correction; the probe's ranking is
+        unchanged). Without it confidences reflect the calibration data's base rate.
     """
 
     def __init__(
@@ -77,8 +91,12 @@ class Scorer:
         allow_llm_mismatch: bool = False,
         batch_size: int = 8,
         memory_mb: float = 256.0,
+        target_accuracy: float | None = None,
     ):
         bundle.check_llm(llm.identity(), allow_mismatch=allow_llm_mismatch)
+        if target_accuracy is not None:  # fail now, not at the first request
+            bundle.adjust_to_accuracy(np.array([0.5]), target_accuracy)
+        self.target_accuracy = target_accuracy
         self.bundle = bundle
         self.llm = llm
         self.allow_llm_mismatch = allow_llm_mismatch
@@ -136,17 +154,27 @@ class Scorer:
         confidence = np.full(len(pairs), np.nan)
         with self._lock:
             featureset = self._extract(records, errors, progress)
+        shift = None
         if featureset is not None:
-            values = self.bundle.predict_confidence(
-                featureset, allow_llm_mismatch=self.allow_llm_mismatch
-            )
+            raw = self.bundle.predict_raw(featureset, allow_llm_mismatch=self.allow_llm_mismatch)
+            values = self.bundle.calibrator.transform(raw)
+            if self.target_accuracy is not None:
+                values = self.bundle.adjust_to_accuracy(values, self.target_accuracy)
             confidence[np.asarray(featureset.record_ids, dtype=np.int64)] = values
+            shift = self.bundle.check_shift(featureset, raw)
+            if shift is not None and shift.shifted:
+                logger.warning("%s", shift.message())
         abstain = None
         if self.bundle.abstention is not None:
             abstain = np.ones(len(pairs), dtype=bool)
             scored = ~np.isnan(confidence)
             abstain[scored] = self.bundle.abstention.abstain(confidence[scored])
-        return Scores(confidence=confidence, abstain=abstain, errors=dict(sorted(errors.items())))
+        return Scores(
+            confidence=confidence,
+            abstain=abstain,
+            errors=dict(sorted(errors.items())),
+            shift=shift,
+        )
 
     def _extract(self, records: list[Record], errors: dict[int, str], progress: bool):
         """Features of the usable records, or None when there are none (reasons → errors).
@@ -177,7 +205,7 @@ class Scorer:
 
 def score_file(
     scorer: Scorer, input_path: str | os.PathLike, output_path: str | os.PathLike, **kwargs
-) -> dict[int, str]:
+) -> tuple[dict[int, str], ShiftCheck | None]:
     """Score a JSONL file of pairs into another, in order (``perturbprobe score``).
 
     Each output row is the input row plus ``confidence`` (and ``abstain`` when the bundle has
@@ -187,8 +215,10 @@ def score_file(
 
     Returns
     -------
-    dict of int to str
+    errors : dict of int to str
         1-based line number → why that line could not be scored.
+    shift : ShiftCheck or None
+        The shift check of the scored lines as one batch (see :attr:`Scores.shift`).
     """
     rows: list[dict[str, Any] | None] = []
     errors: dict[int, str] = {}
@@ -217,4 +247,4 @@ def score_file(
             out["error"] = errors[number]
         output.append(out)
     write_jsonl(output_path, output)
-    return dict(sorted(errors.items()))
+    return dict(sorted(errors.items())), scores.shift

@@ -1,0 +1,228 @@
+"""Model selection for ``fit --probe auto``: grouped cross-validation over probes × families.
+
+With a few hundred labelled answers a single validation split picks noise, so every candidate
+(a probe on a set of feature families) is cross-validated on the *training* questions only:
+
+1. the training rows are split into ``n_folds`` folds grouped by question (stratified by label);
+2. each candidate is fitted on all folds but one and predicts the held-out fold's evaluation
+   rows (the LLM's own, ``generated``, answers when there are any);
+3. the pooled out-of-fold scores are Platt-calibrated *across* folds (each fold's scores by a
+   map fitted on the other folds' scores), since the bundle calibrates too and a raw score's
+   miscalibration is not what should decide;
+4. the candidate with the lowest log-loss wins; ties within 1e-4 go to the earlier (simpler)
+   candidate.
+
+The table (log-loss with its spread over folds, AUROC, Brier, fit time) goes into the bundle's
+report, so a reader sees how close the runners-up were.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm.auto import tqdm
+
+from ..calibration.calibrators import PlattCalibrator
+from ..calibration.metrics import brier_score_loss, log_loss, roc_auc_score
+from ..errors import ProbeError
+from ..features import FeatureSet
+
+__all__ = ["Candidate", "Selection", "default_candidates", "select_probe"]
+
+logger = logging.getLogger(__name__)
+
+_TIE = 1e-4
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A probe (registry name) on the columns of some feature families."""
+
+    probe: str
+    families: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.probe} on {' + '.join(self.families)}"
+
+
+@dataclass
+class Selection:
+    """Result of :func:`select_probe`.
+
+    Attributes
+    ----------
+    best : Candidate
+    table : DataFrame
+        One row per candidate (index: its label), best first: ``log_loss`` (pooled),
+        ``log_loss_sd`` (over folds), ``auroc``, ``brier``, ``features``, ``seconds``.
+    n_folds : int
+    rows : int
+        Evaluation rows the scores were computed on.
+    """
+
+    best: Candidate
+    table: pd.DataFrame
+    n_folds: int
+    rows: int
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary for a bundle manifest."""
+        return {
+            "best": {"probe": self.best.probe, "families": list(self.best.families)},
+            "n_folds": self.n_folds,
+            "rows": self.rows,
+            "table": self.table.reset_index().to_dict("records"),
+        }
+
+
+def default_candidates(featureset: FeatureSet) -> list[Candidate]:
+    """The candidates ``--probe auto`` compares, simplest first.
+
+    - ``lightgbm`` on every scalar family (the previous default);
+    - ``logistic-cv`` on every scalar family (a linear model on the same columns);
+    - with a wide block (``hidden_states``): ``logistic-cv`` on the block alone (the
+      activation probe) and ``stacking`` over every family (per-family probes combined by a
+      logistic meta-model, so the scalar families add to the block instead of drowning in it).
+    """
+    blocks = tuple(featureset.block_layouts)
+    scalar = tuple(
+        family
+        for family in featureset.families
+        if family not in blocks and any(c.split("/", 1)[0] == family for c in featureset.schema)
+    )
+    candidates = []
+    if scalar:
+        candidates += [Candidate("lightgbm", scalar), Candidate("logistic-cv", scalar)]
+    for block in blocks:
+        candidates.append(Candidate("logistic-cv", (block,)))
+    if blocks and (scalar or len(blocks) > 1):
+        candidates.append(Candidate("stacking", scalar + blocks))
+    if not candidates:
+        raise ProbeError("the features have no response-level columns to select a probe on")
+    return candidates
+
+
+def select_probe(
+    featureset: FeatureSet,
+    rows: np.ndarray,
+    build: Callable[[Candidate], tuple[object, Callable]],
+    candidates: Sequence[Candidate],
+    *,
+    evaluation_rows: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    n_folds: int = 5,
+    random_state: int = 0,
+    progress: bool = False,
+) -> Selection:
+    """Cross-validate ``candidates`` on ``rows`` and return the one with the lowest log-loss.
+
+    Parameters
+    ----------
+    featureset : FeatureSet
+        Labelled features.
+    rows : int array
+        Positions of the rows to cross-validate on (the training part).
+    build : callable
+        ``build(candidate) -> (unfitted probe, inputs)`` where ``inputs(positions)`` gives the
+        probe's input for those rows (see :func:`perturbprobe.probes.fit_bundle`).
+    candidates : sequence of Candidate
+    evaluation_rows : int array
+        The subset of ``rows`` whose out-of-fold scores are compared (the generated answers).
+    sample_weight : float array (n_records,), optional
+        Training weight of every record of ``featureset``.
+    n_folds : int
+        Folds, grouped by question.
+    random_state : int
+        Seeds the folds and the probes.
+    progress : bool
+        Show a progress bar over candidate × fold fits.
+
+    Raises
+    ------
+    ProbeError
+        Too few questions for the folds, or a fold without both labels among its
+        evaluation rows.
+    """
+    if not candidates:
+        raise ProbeError("no candidate probes to select from")
+    y = featureset.y
+    questions = np.asarray(featureset.question_ids, dtype=object)
+    folds = _folds(rows, y, questions, n_folds, random_state)
+    evaluated = np.isin(rows, evaluation_rows)
+    fold_of = np.full(len(y), -1)
+    for k, (_, held) in enumerate(folds):
+        fold_of[held] = k
+    scored = rows[evaluated]
+    for k in range(len(folds)):
+        if set(y[scored[fold_of[scored] == k]].tolist()) != {0, 1}:
+            raise ProbeError(
+                f"fold {k} of the model selection has evaluation answers of one class only; "
+                "collect more questions or pass a single probe instead of auto"
+            )
+    results = []
+    bar = tqdm(
+        total=len(candidates) * len(folds), desc="selecting", unit="fit", disable=not progress
+    )
+    with bar:
+        for candidate in candidates:
+            start = time.perf_counter()
+            scores = np.full(len(y), np.nan)
+            for train, held in folds:
+                probe, inputs = build(candidate)
+                weights = None if sample_weight is None else sample_weight[train]
+                probe.fit(inputs(train), y[train], groups=questions[train], sample_weight=weights)
+                target = held[np.isin(held, scored)]
+                scores[target] = probe.predict_proba(inputs(target))[:, 1]
+                bar.update()
+            row = _summarise(candidate, scores[scored], y[scored], fold_of[scored])
+            row["features"] = int(probe.n_features_in_)
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            results.append(row)
+            logger.info("selection: %s log-loss %.4f", candidate.label, results[-1]["log_loss"])
+    table = pd.DataFrame(results).set_index("candidate")
+    order = sorted(range(len(results)), key=lambda i: results[i]["log_loss"])
+    best = order[0]
+    for i in order[1:]:  # ties go to the earlier candidate
+        if results[i]["log_loss"] <= results[best]["log_loss"] + _TIE and i < best:
+            best = i
+    table = table.iloc[[best] + [i for i in order if i != best]]
+    return Selection(candidates[best], table, len(folds), len(scored))
+
+
+def _folds(rows, y, questions, n_folds, random_state):
+    if n_folds < 2:
+        raise ProbeError(f"model selection needs n_folds >= 2, got {n_folds}")
+    if len(set(questions[rows])) < n_folds:
+        raise ProbeError(
+            f"model selection needs at least {n_folds} training questions, got "
+            f"{len(set(questions[rows]))}"
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=random_state)
+    return [(rows[a], rows[b]) for a, b in splitter.split(rows, y[rows], questions[rows])]
+
+
+def _summarise(candidate, scores, y, fold) -> dict:
+    """Cross-fitted Platt calibration of the pooled out-of-fold scores, then the metrics."""
+    calibrated = np.empty_like(scores)
+    per_fold = []
+    for k in np.unique(fold):
+        inside, outside = fold == k, fold != k
+        platt = PlattCalibrator().fit(scores[outside], y[outside])
+        calibrated[inside] = platt.transform(scores[inside])
+        per_fold.append(log_loss(y[inside], calibrated[inside]))
+    return {
+        "candidate": candidate.label,
+        "probe": candidate.probe,
+        "families": "+".join(candidate.families),
+        "log_loss": round(float(log_loss(y, calibrated)), 4),
+        "log_loss_sd": round(float(np.std(per_fold)), 4),
+        "auroc": round(float(roc_auc_score(y, scores)), 4),
+        "brier": round(float(brier_score_loss(y, calibrated)), 4),
+    }
