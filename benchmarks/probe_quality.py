@@ -2,20 +2,22 @@
 
 Each fold holds out a fifth of the questions as test; the rest is split again (by question)
 into training and calibration parts, and :func:`perturbprobe.probes.fit_bundle` fits the
-probe and a Platt calibrator (and the same calibrator on each baseline). The calibrated
-out-of-fold confidences of the LLM's own (generated) answers are pooled over the folds and
-evaluated once, with bootstrap 95% intervals.
+probe and a Platt calibrator (and the same calibrator on each baseline). Only the LLM's own
+(generated) answers are evaluated: the calibrated out-of-fold confidences are pooled over the
+folds and evaluated once, with paired bootstrap 95% intervals.
 
-Then an ablation: the ``--ablation`` probe (LightGBM by default) on each feature family alone,
-on the same folds.
+A probe is given as ``NAME`` (every family) or ``NAME:FAMILY+FAMILY`` (those families only),
+e.g. ``logistic-cv:hidden_states``; ``auto`` runs the whole ``fit --probe auto`` selection
+inside every fold (nested cross-validation).
+
+``--composition W1,W2,...`` refits the first probe with gold and wrong (teacher-forced)
+answers weighted W relative to the generated ones (0 drops them) — the measurement behind
+``TEACHER_FORCED_WEIGHT``. ``--ablation P`` refits probe P on each family alone.
 
 Needs the FeatureSet the demo writes (run ``make demo`` first) or any labelled FeatureSet:
 
-    python benchmarks/probe_quality.py [--features runs/demo/features] [--probes lightgbm,...]
-                                       [--ablation lightgbm] [--join OTHER_FEATURES_DIR]
-
-``--join`` adds families extracted separately for the same records (e.g.
-``perturbprobe extract -r runs/demo/records.jsonl -f semantic_gradient -o sg``).
+    python benchmarks/probe_quality.py [--features runs/demo/features] [--probes P,...]
+        [--composition 0,0.5,1] [--ablation lightgbm] [--join OTHER_FEATURES_DIR]
 """
 
 from __future__ import annotations
@@ -30,40 +32,84 @@ from perturbprobe.calibration.metrics import evaluate_confidence
 from perturbprobe.features import FeatureSet
 from perturbprobe.probes import QuestionSplit, fit_bundle
 from perturbprobe.probes.baselines import baseline_scores
-from perturbprobe.probes.evaluation import probe_label
+from perturbprobe.probes.fitting import TEACHER_FORCED_WEIGHT
 
 METRICS = ("auroc", "ece", "brier")
+DEFAULT_PROBES = (
+    "lightgbm:baseline+ccps+entropy_dynamics+sua",
+    "logistic-cv:hidden_states",
+    "stacking",
+    "ccps-cnn",
+    "auto",
+)
 
 
-def cross_validated_confidences(featureset, probes, calibrator, folds, seed, families=None):
-    """Out-of-fold calibrated confidences of generated answers: {score name: (n,)}, y (n,);
-    probes read the columns of ``families`` only when given."""
+def parse_spec(spec: str) -> tuple[str, list[str] | None]:
+    """``NAME[:FAMILY+FAMILY]`` → (probe name, families or None)."""
+    name, _, families = spec.partition(":")
+    return name, families.split("+") if families else None
+
+
+def folds_of(featureset: FeatureSet, n_folds: int, seed: int) -> list[QuestionSplit]:
+    """Outer test folds by question; a quarter of the remaining questions calibrates."""
     y, questions = featureset.y, np.asarray(featureset.question_ids)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    pooled: dict[str, list[np.ndarray]] = {}
-    labels, seconds = [], dict.fromkeys(probes, 0.0)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    splits = []
     for fold, (rest, test) in enumerate(splitter.split(questions, y, questions)):
-        # A quarter of the remaining questions calibrates; the rest trains.
         inner = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=seed + fold)
         train, validation = next(inner.split(rest, y[rest], questions[rest]))
-        split = QuestionSplit(np.sort(rest[train]), np.sort(rest[validation]), test)
-        generated = test[featureset.sources[test] == "generated"]
+        splits.append(QuestionSplit(np.sort(rest[train]), np.sort(rest[validation]), test))
+    return splits
+
+
+def cross_validated(featureset, specs, splits, *, calibrator, seed, weight, with_baselines):
+    """Out-of-fold calibrated confidences of the generated test answers: {label: (n,)}, the
+    labels y (n,), fit seconds per label and the probes ``auto`` chose per fold."""
+    pooled: dict[str, list[np.ndarray]] = {}
+    labels, seconds, chosen = [], dict.fromkeys(specs, 0.0), []
+    for k, split in enumerate(splits):
+        generated = split.test[featureset.sources[split.test] == "generated"]
         part = featureset.subset(generated)
         labels.append(part.y)
-        for probe in probes:
+        for spec in specs:
+            name, families = parse_spec(spec)
             start = time.perf_counter()
             bundle = fit_bundle(
-                featureset, probe=probe, calibrator=calibrator, split=split, n_bootstrap=0,
-                random_state=seed, families=families,
-            )  # fmt: skip
-            seconds[probe] += time.perf_counter() - start
-            pooled.setdefault(probe_label(bundle), []).append(bundle.predict_confidence(part))
-            if probe == probes[0]:
-                for name, raw in baseline_scores(part.features).items():
-                    calibrated = bundle.baseline_calibrators[name].transform(raw)
-                    pooled.setdefault(f"baseline: {name}", []).append(calibrated)
-        print(f"fold {fold + 1}/{folds} done", end="\r", flush=True)
-    return {k: np.concatenate(v) for k, v in pooled.items()}, np.concatenate(labels), seconds
+                featureset,
+                probe=name,
+                families=families,
+                calibrator=calibrator,
+                split=split,
+                teacher_forced_weight=weight,
+                n_bootstrap=0,
+                random_state=seed,
+            )
+            seconds[spec] += time.perf_counter() - start
+            if name == "auto":
+                best = bundle.manifest["selection"]["best"]
+                chosen.append(f"{best['probe']}:{'+'.join(best['families'])}")
+            pooled.setdefault(spec, []).append(bundle.predict_confidence(part))
+            if with_baselines and spec == specs[0]:
+                for baseline, raw in baseline_scores(part.features).items():
+                    calibrated = bundle.baseline_calibrators[baseline].transform(raw)
+                    pooled.setdefault(f"baseline: {baseline}", []).append(calibrated)
+        print(f"fold {k + 1}/{len(splits)} done", end="\r", flush=True)
+    return (
+        {k: np.concatenate(v) for k, v in pooled.items()},
+        np.concatenate(labels),
+        seconds,
+        chosen,
+    )
+
+
+def print_table(title: str, scores: dict, y, seed: int) -> None:
+    """One row per score: each metric of METRICS with its bootstrap 95% interval."""
+    width = max(map(len, scores)) + 2
+    print(f"{title:<{width}}" + "".join(f"{m:>24}" for m in METRICS))
+    for name, confidence in scores.items():
+        values = evaluate_confidence(y, confidence, n_bootstrap=1000, random_state=seed)
+        cells = [values[m].to_string() for m in METRICS]
+        print(f"{name:<{width}}" + "".join(f"{cell:>24}" for cell in cells))
 
 
 def main() -> None:
@@ -76,54 +122,61 @@ def main() -> None:
         metavar="DIR",
         help="another FeatureSet of the same records (other families) to add; repeatable",
     )
-    parser.add_argument("--probes", default="lightgbm,logistic,ccps,ccps-cnn")
+    parser.add_argument("--probes", default=",".join(DEFAULT_PROBES))
     parser.add_argument("--calibrator", default="platt")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--ablation", default="lightgbm", help="probe refitted on each family alone ('' to skip)"
-    )
+    parser.add_argument("--teacher-forced-weight", type=float, default=TEACHER_FORCED_WEIGHT)
+    parser.add_argument("--composition", default="", help="weights to compare, e.g. 0,0.5,1")
+    parser.add_argument("--ablation", default="", help="probe refitted on each family alone")
     args = parser.parse_args()
 
+    start = time.perf_counter()
     featureset = FeatureSet.load(args.features)
     for path in args.join:
         featureset = featureset.join(FeatureSet.load(path))
-    probes = args.probes.split(",")
-    scores, y, seconds = cross_validated_confidences(
-        featureset, probes, args.calibrator, args.folds, args.seed
-    )
-    print(
-        f"\n{featureset.manifest['llm']['name']}: {len(featureset)} records, "
-        f"{len(y)} generated answers evaluated out of fold ({y.mean():.1%} correct), "
-        f"{args.folds} folds grouped by question, calibrator {args.calibrator}\n"
-    )
-    ordered = sorted(scores.items(), key=lambda item: item[0].startswith("base"))
-    print_table("score", dict(ordered), y, args.seed)
-    print("\nfit time per probe over all folds: "
-          + ", ".join(f"{p} {s:.0f} s" for p, s in seconds.items()))  # fmt: skip
-    if args.ablation:
-        families = list(dict.fromkeys(c.split("/", 1)[0] for c in featureset.schema))
-        alone = {}
-        for family in families:
-            found, _, _ = cross_validated_confidences(
-                featureset, [args.ablation], args.calibrator, args.folds, args.seed, [family]
-            )
-            alone[f"{family} alone"] = next(v for k, v in found.items() if k.startswith("probe"))
-        alone["all families"] = next(
-            v for k, v in scores.items() if k.startswith(f"probe: {args.ablation} ")
+    specs = args.probes.split(",") if args.probes else []
+    splits = folds_of(featureset, args.folds, args.seed)
+    common = {"calibrator": args.calibrator, "seed": args.seed}
+    if specs:
+        scores, y, seconds, chosen = cross_validated(
+            featureset, specs, splits, weight=args.teacher_forced_weight, with_baselines=True,
+            **common,
+        )  # fmt: skip
+        print(
+            f"\n{featureset.manifest['llm']['name']}: {len(featureset)} records, {len(y)} "
+            f"generated answers evaluated out of fold ({y.mean():.1%} correct), {args.folds} "
+            f"folds grouped by question, calibrator {args.calibrator}, teacher-forced weight "
+            f"{args.teacher_forced_weight}\n"
         )
+        print_table("score", scores, y, args.seed)
+        print("\nfit time over all folds: "
+              + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items()))  # fmt: skip
+        if chosen:
+            print("auto chose, per fold: " + ", ".join(chosen))
+    if args.composition:
+        weighted = {}
+        for weight in (float(w) for w in args.composition.split(",")):
+            found, y, _, chosen = cross_validated(
+                featureset, specs[:1], splits, weight=weight, with_baselines=False, **common
+            )
+            label = f"{specs[0]}, teacher-forced weight {weight:g}"
+            weighted[label] = found[specs[0]]
+            if chosen:
+                print(f"{label}: auto chose " + ", ".join(chosen))
+        print(f"\ntraining data composition: {specs[0]}, generated answers evaluated")
+        print_table("weight of gold/wrong answers", weighted, y, args.seed)
+    if args.ablation:
+        alone = {}
+        for family in featureset.families:
+            found, y, _, _ = cross_validated(
+                featureset, [f"{args.ablation}:{family}"], splits,
+                weight=args.teacher_forced_weight, with_baselines=False, **common,
+            )  # fmt: skip
+            alone[f"{family} alone"] = found[f"{args.ablation}:{family}"]
         print(f"\nablation: {args.ablation} on each family alone (same folds)")
         print_table("features", alone, y, args.seed)
-
-
-def print_table(title: str, scores: dict, y, seed: int) -> None:
-    """One row per score: each metric of METRICS with its bootstrap 95% interval."""
-    width = max(map(len, scores)) + 2
-    print(f"{title:<{width}}" + "".join(f"{m:>24}" for m in METRICS))
-    for name, confidence in scores.items():
-        values = evaluate_confidence(y, confidence, n_bootstrap=1000, random_state=seed)
-        cells = [values[m].to_string() for m in METRICS]
-        print(f"{name:<{width}}" + "".join(f"{cell:>24}" for cell in cells))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -106,12 +106,16 @@ def test_fit_save_load_round_trip_gives_identical_predictions(featureset, probe,
     assert roc_auc_score(featureset.y[test], expected[test]) > 0.75
 
 
+def manifest_split(path):
+    return json.loads((path / "split.json").read_text())
+
+
 def test_bundle_files_and_manifest(saved, featureset):
     manifest = json.loads((saved / "manifest.json").read_text())
     files = sorted(p.name for p in saved.iterdir())
     assert files == sorted(
         ["manifest.json", "calibrators.json", "split.json", "report.html", "metrics.json",
-         "reliability.png", "lightgbm.txt", "lightgbm.json"]
+         "reliability.png", "lightgbm.txt", "lightgbm.json", "shift.json"]
     )  # fmt: skip
     assert set(manifest["files"]) == set(files) - {"manifest.json"}
     assert manifest["format_version"] == BUNDLE_FORMAT_VERSION
@@ -120,7 +124,13 @@ def test_bundle_files_and_manifest(saved, featureset):
     assert manifest["schema"] == SCHEMA and manifest["token_schema"] == []
     assert manifest["probe"]["name"] == "lightgbm"
     assert manifest["probe"]["params"]["n_estimators"] == 60
-    assert manifest["calibrator"] == {"name": "isotonic"}
+    validation = np.isin(featureset.record_ids, manifest_split(saved)["validation"])
+    validation &= featureset.sources == "generated"  # calibration uses the LLM's own answers
+    assert manifest["calibrator"] == {
+        "name": "isotonic",
+        "rows": int(validation.sum()),
+        "positive_rate": round(float(featureset.y[validation].mean()), 6),
+    }
     sources = manifest["training"]["sources"]
     assert set(sources) == {"generated", "gold", "wrong"}
     assert sum(sources.values()) == manifest["training"]["records"]

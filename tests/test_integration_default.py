@@ -102,14 +102,16 @@ def test_demo_end_to_end_then_score_with_the_saved_bundle(tmp_path):
     out, models = tmp_path / "run", tmp_path / "models"
     first = _run("demo", "--limit", 60, "--out-dir", out, "--models-dir", models)
     assert "overall" in first.stdout and "accuracy" in first.stdout
-    for name in ("lightgbm", "logistic", "ccps", "baseline: mean token prob", "auroc", "ablation"):
+    for name in ("model selection", "chosen:", "logistic-cv on hidden_states", "lightgbm on",
+                 "baseline: mean token prob", "auroc", "ablation"):  # fmt: skip
         assert name in first.stdout
-    assert (out / "report" / "report.html").is_file()
+    assert "Model selection" in (out / "report" / "report.html").read_text()
     bundles = list((models / "smollm2-135m-instruct").iterdir())
-    assert len(bundles) == 1 and bundles[0].name in ("lightgbm", "logistic", "ccps", "ccps-cnn")
+    assert [bundle.name for bundle in bundles] == ["auto"]
     features = FeatureSet.load(out / "features")
     assert set(features.sources) == {"generated", "gold", "wrong"}
     assert (features.sources == "generated").sum() == 60
+    assert features.blocks["hidden_states"].shape == (len(features), 5 * 576)
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
@@ -128,6 +130,23 @@ def test_demo_end_to_end_then_score_with_the_saved_bundle(tmp_path):
     rows = [json.loads(line) for line in scored.read_text().splitlines()]
     assert [row.get("id") for row in rows] == [1, 2, None]
     assert all(0 <= row["confidence"] <= 1 for row in rows[:2]) and rows[2]["confidence"] is None
+    assert "shift check: too few pairs" in result.stderr  # 2 pairs: not tested
+
+    # known accuracy: the same pairs, confidences moved towards a 10 % base rate
+    lowered = tmp_path / "lowered.jsonl"
+    _run("score", "-b", bundles[0], "-i", pairs, "-o", lowered, "--target-accuracy", 0.1)
+    low = [json.loads(line) for line in lowered.read_text().splitlines()]
+    assert all(a["confidence"] < b["confidence"] for a, b in zip(low[:2], rows[:2], strict=True))
+    # recalibration on the LLM's own labelled answers (here: the demo's, 60 of them)
+    generated = tmp_path / "generated.jsonl"
+    lines = (out / "records.jsonl").read_text().splitlines()
+    generated.write_text("\n".join(x for x in lines if '"source": "generated"' in x) + "\n")
+    recalibrated = tmp_path / "recalibrated"
+    done = _run("recalibrate", "-b", bundles[0], "-r", generated, "-o", recalibrated)
+    assert "recalibrated platt on 60 answers" in done.stdout
+    child = json.loads((recalibrated / "manifest.json").read_text())
+    parent = json.loads((bundles[0] / "manifest.json").read_text())
+    assert child["parent"]["manifest_sha256"] == parent["manifest_sha256"]
 
     features_mtime = (out / "features" / "features.parquet").stat().st_mtime
     again = _run("demo", "--limit", 60, "--out-dir", out, "--models-dir", models)
@@ -154,7 +173,10 @@ def test_extract_all_families_on_the_default_llm(llm, tmp_path):
         "embedding_perturbation",
         "semantic_gradient",
         "sua",
+        "hidden_states",
     }
+    assert featureset.blocks["hidden_states"].shape == (len(records), 5 * 576)
+    assert featureset.block_layouts["hidden_states"]["layers"] == [15, 16, 18, 20, 21]
     assert len([c for c in featureset.token_schema if c.startswith("ccps/")]) == 76
     semgrad_layers = [f"semantic_gradient/semgrad_layer_{k}" for k in range(15, 30)]
     assert [c for c in featureset.schema if "semgrad_layer" in c] == semgrad_layers

@@ -49,6 +49,8 @@ FAST = {
     },
     "lightgbm": {},
     "logistic": {},
+    "logistic-cv": {},
+    "stacking": {},
 }
 TINY = {  # for tests that only need a fitted torch probe, not a good one
     "ccps": {"contrastive_epochs": 1, "epochs": 2},
@@ -172,8 +174,10 @@ def test_save_then_load_predicts_identically(name, fitted, tmp_path):
     saved, fresh = tmp_path / "saved", tmp_path / "fresh"
     saved.mkdir(), fresh.mkdir()
     names = probe.save_state(saved)
-    assert sorted(p.name for p in saved.iterdir()) == sorted(names)
+    written = [p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.is_file()]
+    assert sorted(written) == sorted(names)
     for file_name in names:  # the listed files are all a load needs
+        (fresh / file_name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(saved / file_name, fresh / file_name)
     loaded = type(probe).load_state(fresh, probe.get_params())
     np.testing.assert_array_equal(loaded.predict_proba(X_test), probe.predict_proba(X_test))
@@ -329,12 +333,15 @@ def test_few_rows_per_class_warn():
 
 
 def test_unknown_probe_and_parameter():
-    message = "unknown probe 'foo'; choose one of: ccps, ccps-cnn, lightgbm, logistic"
+    message = (
+        "unknown probe 'foo'; choose one of: ccps, ccps-cnn, lightgbm, logistic, logistic-cv, "
+        "stacking"
+    )
     with pytest.raises(ProbeError, match=re.escape(message)):
         make_probe("foo")
     with pytest.raises(ProbeError, match="unknown parameters for probe 'logistic': alpha"):
         make_probe("logistic", alpha=1.0)
-    assert list(PROBES) == ["ccps", "ccps-cnn", "lightgbm", "logistic"]
+    assert list(PROBES) == ["ccps", "ccps-cnn", "lightgbm", "logistic", "logistic-cv", "stacking"]
     assert {name: cls.name for name, cls in PROBES.items()} == {n: n for n in PROBES}
 
 

@@ -400,7 +400,9 @@ class LogisticCVProbe(Probe):
 
     def _settings(self) -> dict[str, Any]:
         """The constructor parameters the saved arrays depend on."""
-        return {"n_components": self.n_components, "whiten": bool(self.whiten)}
+        n = self.n_components
+        n = None if n is None else int(n) if is_int(n, 1) else float(n)
+        return {"n_components": n, "whiten": bool(self.whiten)}
 
     def _write_state(self, directory: Path) -> list[str]:
         arrays = {

@@ -147,8 +147,7 @@ def select_probe(
     Raises
     ------
     ProbeError
-        Too few questions for the folds, or a fold without both labels among its
-        evaluation rows.
+        Too few questions for the folds, or evaluation rows of one class.
     """
     if not candidates:
         raise ProbeError("no candidate probes to select from")
@@ -160,12 +159,11 @@ def select_probe(
     for k, (_, held) in enumerate(folds):
         fold_of[held] = k
     scored = rows[evaluated]
-    for k in range(len(folds)):
-        if set(y[scored[fold_of[scored] == k]].tolist()) != {0, 1}:
-            raise ProbeError(
-                f"fold {k} of the model selection has evaluation answers of one class only; "
-                "collect more questions or pass a single probe instead of auto"
-            )
+    if set(y[scored].tolist()) != {0, 1}:
+        raise ProbeError(
+            "the model selection's evaluation answers are all of one class; collect more "
+            "questions or pass a single probe instead of auto"
+        )
     results = []
     bar = tqdm(
         total=len(candidates) * len(folds), desc="selecting", unit="fit", disable=not progress
@@ -214,6 +212,11 @@ def _summarise(candidate, scores, y, fold) -> dict:
     per_fold = []
     for k in np.unique(fold):
         inside, outside = fold == k, fold != k
+        if len(set(y[outside].tolist())) < 2:
+            raise ProbeError(
+                "too few answers for the model selection's cross-fitted calibration (the "
+                "other folds hold one class only); pass a single probe instead of auto"
+            )
         platt = PlattCalibrator().fit(scores[outside], y[outside])
         calibrated[inside] = platt.transform(scores[inside])
         per_fold.append(log_loss(y[inside], calibrated[inside]))

@@ -289,10 +289,7 @@ class StackingProbe(Probe):
             for k, (train, validation) in enumerate(folds):
                 probe = _fit_base(base, columns, y, groups, sample_weight, train, f"fold {k}")
                 oof[validation, g] = probe.predict_proba(columns[validation])[:, 1]
-            everything = np.arange(len(y))
-            fitted.append(
-                _fit_base(base, columns, y, groups, sample_weight, everything, "all rows")
-            )
+            fitted.append(_fit_base(base, columns, y, groups, sample_weight, None, "all rows"))
         meta = LogisticRegression(C=self.meta_C).fit(_logit(oof), y, sample_weight=sample_weight)
         self.base_probes_ = fitted
         self.group_names_ = [base.group for base in plan]
@@ -389,20 +386,19 @@ def _fit_base(
     y: np.ndarray,
     groups: np.ndarray | None,
     sample_weight: np.ndarray | None,
-    rows: np.ndarray,
+    rows: np.ndarray | None,
     where: str,
 ) -> Probe:
-    """The group's base probe fitted on ``rows`` (a fold's training part, or all rows)."""
+    """The group's base probe fitted on ``rows`` (a fold's training part; None: all rows)."""
+    if rows is not None:
+        columns, y = columns[rows], y[rows]
+        groups = None if groups is None else groups[rows]
+        sample_weight = None if sample_weight is None else sample_weight[rows]
     probe = make_probe(base.probe, **base.params)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_IMPUTED)
-            probe.fit(
-                columns[rows],
-                y[rows],
-                groups=None if groups is None else groups[rows],
-                sample_weight=None if sample_weight is None else sample_weight[rows],
-            )
+            probe.fit(columns, y, groups=groups, sample_weight=sample_weight)
     except ProbeError as exc:
         raise ProbeError(
             f"the {base.probe} base probe of column group {base.group!r} failed ({where}): {exc}"
