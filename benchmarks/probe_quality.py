@@ -10,6 +10,9 @@ A probe is given as ``NAME`` (every family) or ``NAME:FAMILY+FAMILY`` (those fam
 e.g. ``logistic-cv:hidden_states``; ``auto`` runs the whole ``fit --probe auto`` selection
 inside every fold (nested cross-validation).
 
+``--selection-seeds 0,1,2`` runs ``fit --probe auto``'s selection on the demo's split with each
+seed (other folds, other probe seeds) and prints each table: how stable the choice is.
+
 ``--composition W1,W2,...`` refits the first probe with gold and wrong (teacher-forced)
 answers weighted W relative to the generated ones (0 drops them) — the measurement behind
 ``TEACHER_FORCED_WEIGHT``. ``--ablation P`` refits probe P on each family alone.
@@ -30,7 +33,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from perturbprobe.calibration.metrics import evaluate_confidence
 from perturbprobe.features import FeatureSet
-from perturbprobe.probes import QuestionSplit, fit_bundle
+from perturbprobe.probes import QuestionSplit, fit_bundle, split_by_question
 from perturbprobe.probes.baselines import baseline_scores
 from perturbprobe.probes.fitting import TEACHER_FORCED_WEIGHT
 
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--teacher-forced-weight", type=float, default=TEACHER_FORCED_WEIGHT)
     parser.add_argument("--composition", default="", help="weights to compare, e.g. 0,0.5,1")
     parser.add_argument("--ablation", default="", help="probe refitted on each family alone")
+    parser.add_argument("--selection-seeds", default="", help="e.g. 0,1,2")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -176,6 +180,15 @@ def main() -> None:
             alone[f"{family} alone"] = found[f"{args.ablation}:{family}"]
         print(f"\nablation: {args.ablation} on each family alone (same folds)")
         print_table("features", alone, y, args.seed)
+    if args.selection_seeds:
+        split = split_by_question(featureset.question_ids, featureset.y, random_state=0)
+        for seed in (int(s) for s in args.selection_seeds.split(",")):
+            began = time.perf_counter()
+            bundle = fit_bundle(featureset, split=split, random_state=seed, n_bootstrap=0)
+            table = bundle.report.selection
+            print(f"\nselection with seed {seed} ({time.perf_counter() - began:.0f} s): "
+                  f"{table.index[0]}")  # fmt: skip
+            print(table[["log_loss", "log_loss_sd", "auroc", "brier", "seconds"]].to_string())
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

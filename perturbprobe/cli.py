@@ -795,7 +795,7 @@ def _print_selection(table) -> None:
         "\nmodel selection: grouped cross-validation on the training questions "
         "(the LLM's own answers, Platt-calibrated across folds; lowest log-loss wins)"
     )
-    columns = ["log_loss", "log_loss_sd", "auroc", "brier", "features", "seconds"]
+    columns = ["log_loss", "log_loss_sd", "auroc", "brier", "features"]  # + seconds in the report
     click.echo(table[columns].to_string())
 
 

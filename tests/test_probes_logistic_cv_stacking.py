@@ -404,7 +404,9 @@ def test_stacking_keeps_questions_together_in_every_fit(monkeypatch):
     monkeypatch.setattr(logistic_cv_module, "cv_folds", spy)
     X, y, groups = family_problem(240, 3)
     stacking(n_folds=3).fit(X, y, groups=groups)
-    assert len(calls) == 1 + 4  # the stacking folds, then 3 fold fits + 1 refit of logistic-cv
+    # the stacking folds, then the logistic-cv base's inner folds of its all-rows fit (its 3
+    # fold fits reuse the C chosen there: a single C needs no inner folds)
+    assert len(calls) == 1 + 1
     for fold_groups, folds in calls:
         assert fold_groups is not None and straddling_groups(folds, fold_groups) == []
     np.testing.assert_array_equal(calls[0][0], groups)
@@ -453,7 +455,7 @@ def test_stacking_refuses_bad_column_groups_and_base_probes():
 def test_stacking_names_the_failing_base_probe():
     X, y, _ = family_problem(120, 5)
     probe = stacking(base_params=(("noise", {"validation_fraction": 2.0}),))
-    message = r"the lightgbm base probe of column group 'noise' failed \(fold 0\): The 'valid"
+    message = r"the lightgbm base probe of column group 'noise' failed \(all rows\): The 'valid"
     with pytest.raises(ProbeError, match=message):
         probe.fit(X, y)
 

@@ -10,8 +10,8 @@ embedding output, l the output of decoder layer l, L the final-normed last layer
 pool of ``pools``:
 
 - ``mean``: the mean of hidden_states[l] over the positions of the response tokens
-  (I … I+T−1, with I the prompt length; with ``response_end=template`` the last one is the
-  end-of-turn token);
+  (I … I+T−1, with I the prompt length; with ``response_end=template`` they end with what the
+  chat template appends, for ChatML ``<|im_end|>`` and a newline);
 - ``last``: hidden_states[l] at the last response token (I+T−1): the state that has read the
   whole answer;
 - ``prompt_last``: hidden_states[l] at the last prompt token (I−1): what the model "knew"

@@ -289,7 +289,7 @@ def _build(featureset: FeatureSet, probe, families, probe_params, random_state):
     if not isinstance(probe, str):
         return clone(probe), inputs, schema, token_schema, blocks
     params = {"random_state": random_state, **(probe_params or {})}
-    if probe == "stacking" and "column_groups" not in params:
+    if probe == "stacking":  # its groups are the chosen families' columns, whatever was given
         params["column_groups"] = _column_groups(featureset, schema, blocks)
     return make_probe(probe, **params), inputs, schema, token_schema, blocks
 

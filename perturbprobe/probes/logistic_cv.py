@@ -304,7 +304,8 @@ class LogisticCVProbe(Probe):
         self._check_parameters()
         seed = derive_seed(self.random_state)
         Cs = np.asarray([float(c) for c in self.Cs], dtype=np.float64)
-        folds = cv_folds(y, groups, self.n_folds, seed)
+        # One C: nothing to choose, so no inner cross-validation (stacking's fold fits).
+        folds = cv_folds(y, groups, self.n_folds, seed) if len(Cs) > 1 else []
         w = sample_weight
         blas = threadpool_limits(limits=1, user_api="blas")
         with blas, warnings.catch_warnings(record=True) as caught:
@@ -313,14 +314,17 @@ class LogisticCVProbe(Probe):
                 delayed(self._fold_path)(X, y, w, train, validation, Cs, seed)
                 for train, validation in folds
             )
-            fold_losses = np.array([losses for losses, _ in results])
-            if np.isnan(fold_losses).all(axis=0).any():
-                raise ProbeError("every cross-validation fold has a total sample_weight of 0")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a fold of zero weight
-                mean_losses = np.nanmean(fold_losses, axis=0)
-            tied = np.flatnonzero(mean_losses == mean_losses.min())
-            best = int(tied[np.argmin(Cs[tied])])  # ties: the strongest shrinkage
+            fold_losses = np.array([losses for losses, _ in results]).reshape(-1, len(Cs))
+            mean_losses = np.full(len(Cs), np.nan)
+            best = 0
+            if folds:
+                if np.isnan(fold_losses).all(axis=0).any():
+                    raise ProbeError("every cross-validation fold has a total sample_weight of 0")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a fold of zero weight
+                    mean_losses = np.nanmean(fold_losses, axis=0)
+                tied = np.flatnonzero(mean_losses == mean_losses.min())
+                best = int(tied[np.argmin(Cs[tied])])  # ties: the strongest shrinkage
             transform = self._fit_transform(X, w, seed)
             model = self._logistic(float(Cs[best]), warm_start=False)
             model.fit(transform.apply(X), y, sample_weight=w)

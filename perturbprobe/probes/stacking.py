@@ -11,10 +11,11 @@ how much to trust each:
    columns or named ``hidden_states``, ``lightgbm`` otherwise (``base_probes`` overrides);
 3. out-of-fold predictions of each base probe by K-fold cross-validation
    (:func:`~perturbprobe.probes.logistic_cv.cv_folds`: grouped by question when ``groups`` is
-   given, the same folds for every group);
+   given, the same folds for every group); a ``logistic-cv`` base chooses its C once, on all
+   rows, and its fold fits reuse it (6× cheaper; a slight optimism in its out-of-fold scores);
 4. a logistic regression (the meta-model, ``C=meta_C``) on the logits of those out-of-fold
    probabilities, clipped to [1e-6, 1 − 1e-6];
-5. every base probe refitted on all rows.
+5. every base probe fitted on all rows.
 
 P(correct) = σ(b + Σ_g a_g · logit p_g(x_g)), with p_g the refitted base probe of group g on
 its columns x_g. ``groups`` and ``sample_weight`` are passed to every base-probe fit and the
@@ -27,6 +28,7 @@ and parameters and the meta-model's coefficients.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -286,10 +288,12 @@ class StackingProbe(Probe):
         fitted = []
         for g, base in enumerate(plan):
             columns = X[:, base.start : base.stop]
+            full = _fit_base(base, columns, y, groups, sample_weight, None, "all rows")
+            fold_base = _with_chosen_regularisation(base, full)
             for k, (train, validation) in enumerate(folds):
-                probe = _fit_base(base, columns, y, groups, sample_weight, train, f"fold {k}")
+                probe = _fit_base(fold_base, columns, y, groups, sample_weight, train, f"fold {k}")
                 oof[validation, g] = probe.predict_proba(columns[validation])[:, 1]
-            fitted.append(_fit_base(base, columns, y, groups, sample_weight, None, "all rows"))
+            fitted.append(full)
         meta = LogisticRegression(C=self.meta_C).fit(_logit(oof), y, sample_weight=sample_weight)
         self.base_probes_ = fitted
         self.group_names_ = [base.group for base in plan]
@@ -404,3 +408,13 @@ def _fit_base(
             f"the {base.probe} base probe of column group {base.group!r} failed ({where}): {exc}"
         ) from exc
     return probe
+
+
+def _with_chosen_regularisation(base: _Base, full: Probe) -> _Base:
+    """The fold fits of a ``logistic-cv`` base reuse the C its all-rows fit chose (one inner
+    cross-validation per group instead of one per fold: 6× cheaper). The out-of-fold
+    predictions then see one hyper-parameter chosen with their rows — a slight optimism
+    the meta-model's weight on that group inherits."""
+    if base.probe != "logistic-cv":
+        return base
+    return dataclasses.replace(base, params={**base.params, "Cs": (float(full.C_),)})
