@@ -258,9 +258,9 @@ _CALIBRATORS = ["platt", "isotonic", "temperature", "histogram", "none"]
     type=click.Choice(_PROBES),
     default="auto",
     show_default=True,
-    help="auto: grouped cross-validation on the training questions over lightgbm and "
-    "logistic-cv on the scalar families, logistic-cv on hidden_states and stacking; the "
-    "lowest log-loss wins (the table is printed and in the report).",
+    help="auto: grouped cross-validation on the training questions over lightgbm on the "
+    "scalar families, logistic-cv on hidden_states and stacking over all; the lowest "
+    "log-loss wins (the table is printed and in the report).",
 )
 @click.option(
     "--calibrator", "-c", type=click.Choice(_CALIBRATORS), default="platt", show_default=True

@@ -56,12 +56,11 @@ def test_default_candidates(featureset):
     labels = [c.label for c in default_candidates(featureset)]
     assert labels == [
         "lightgbm on baseline + ccps",
-        "logistic-cv on baseline + ccps",
         "logistic-cv on hidden_states",
         "stacking on baseline + ccps + hidden_states",
     ]
     no_block = synthetic_featureset(30)
-    assert [c.probe for c in default_candidates(no_block)] == ["lightgbm", "logistic-cv"]
+    assert [c.probe for c in default_candidates(no_block)] == ["lightgbm"]
 
 
 def test_selection_matches_a_hand_run_loop(featureset, bundle):
