@@ -1,13 +1,16 @@
 """The fit workflow (``perturbprobe fit``): split, fit, calibrate, set abstention, evaluate.
 
 1. Split the records train / validation / test by question (:func:`split_by_question`).
-2. Fit the probe on the training part.
+2. With ``probe="auto"`` (the default), choose the probe and its families by grouped
+   cross-validation on the training part (:mod:`.selection`); fit it on the training part
+   (gold and wrong answers weighted by ``teacher_forced_weight``).
 3. Fit the calibrator on the validation part, and the same kind of calibrator on each
    baseline score (so the report compares calibrated with calibrated).
 4. Optionally choose a risk-controlled abstention threshold on the test part (it was used for
    neither the probe nor the calibrator, which the guarantee needs); the candidate
    thresholds come from the validation part.
-5. Evaluate the probe and the baselines on the test part; the report goes into the bundle.
+5. Evaluate the probe and the baselines on the test part; the report goes into the bundle,
+   with a shift reference built from the validation and test answers.
 
 The validation and test parts are restricted to the LLM's own answers (source
 ``generated``) when there are any: gold and wrong answers help training, but production
@@ -350,12 +353,6 @@ def _heldout(featureset: FeatureSet, rows: np.ndarray, sources: Sequence[str] | 
             f"{'correct' if labels == {1} else 'incorrect'}; collect more questions"
         )
     return kept
-
-
-def _take(inputs, rows: np.ndarray):
-    if isinstance(inputs, list):
-        return [inputs[i] for i in rows]
-    return inputs.iloc[rows]
 
 
 def _json_params(estimator: Probe) -> dict[str, Any]:
