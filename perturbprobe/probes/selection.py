@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from ..calibration.calibrators import PlattCalibrator
 from ..calibration.metrics import brier_score_loss, log_loss, roc_auc_score
 from ..errors import ProbeError
 from ..features import FeatureSet
+from .logistic_cv import cv_folds
 
 __all__ = ["Candidate", "Selection", "default_candidates", "select_probe"]
 
@@ -198,15 +198,9 @@ def select_probe(
 
 
 def _folds(rows, y, questions, n_folds, random_state):
-    if n_folds < 2:
-        raise ProbeError(f"model selection needs n_folds >= 2, got {n_folds}")
-    if len(set(questions[rows])) < n_folds:
-        raise ProbeError(
-            f"model selection needs at least {n_folds} training questions, got "
-            f"{len(set(questions[rows]))}"
-        )
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=random_state)
-    return [(rows[a], rows[b]) for a, b in splitter.split(rows, y[rows], questions[rows])]
+    """``cv_folds`` over ``rows``, as positions of the whole FeatureSet."""
+    folds = cv_folds(y[rows], questions[rows], n_folds, random_state)
+    return [(rows[train], rows[held]) for train, held in folds]
 
 
 def _summarise(candidate, scores, y, fold) -> dict:
