@@ -147,7 +147,8 @@ def extract(
     columns = [family.columns() for family in family_objects]
     token_schema = [name for tokens, _ in columns for name in tokens]
     schema = [name for _, response in columns for name in response]
-    layouts = {f.name: f.block_layout() for f in family_objects if f.block_layout() is not None}
+    layouts = {f.name: f.block_layout() for f in family_objects}
+    layouts = {name: layout for name, layout in layouts.items() if layout is not None}
 
     order = sorted(pairs, key=lambda index: -len(pairs[index].input_ids))
     response_rows: dict[int, np.ndarray] = {}
