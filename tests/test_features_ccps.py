@@ -13,7 +13,6 @@ purpose: exact entropy, the true JS divergence, and a finite no-flip value R·(S
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 
 import numpy as np
@@ -385,11 +384,10 @@ def test_js_of_extracted_trajectories_is_bounded(extracted):
 
 # ---- the Jacobian ------------------------------------------------------------------------------
 def _nll_gradient(head, hidden, token_ids):
-    """``CCPS.nll_gradient``; its last argument is the token distribution, passed as
-    probabilities (``p``) or log-probabilities (``log_p``) depending on the version."""
+    """``CCPS.nll_gradient`` with the distribution it is given in the family."""
     log_p = torch.log_softmax(head(hidden), dim=-1)
-    last = list(inspect.signature(CCPS.nll_gradient).parameters)[-1]
-    return CCPS.nll_gradient(head, hidden, token_ids, log_p if last == "log_p" else log_p.exp())
+    log_prob = log_p[torch.arange(len(token_ids)), token_ids]
+    return CCPS.nll_gradient(head, hidden, token_ids, log_p.exp(), log_prob)
 
 
 def _autograd_nll_gradient(head, hidden, token_ids):
@@ -564,3 +562,135 @@ def test_extreme_logits_match_reference_and_js_stays_bounded():
             if not _close(f[name][i], ref[name], atol=2e-4):
                 failures.append(f"token {i} {name}: {f[name][i]!r} vs {ref[name]!r}")
     assert not failures, "\n".join(failures[:20])
+
+
+# ---- confident tokens: no float32 cancellation ------------------------------------------------
+# For a token with p_y = 1 − ε, ε ~ 1e-5, the plain float32 formulas cancel: p_y − 1 (the
+# Jacobian's y-th coefficient), log(1 + ε) (every log-probability), Σ p log p − Σ p z_k + lse
+# (KL, rounded against the logits' size), log 2 − ½ Σ t log t (JS) and the spread of p ≈ 1 over
+# the steps all lost 2–3 digits (up to 0.7 relative on the default LLM before the fix). Against
+# a float64 evaluation of the same formulas from the same hidden states every column must agree
+# to 1e-4 relative. Two kinds of column carry an absolute floor, because float32 cannot hold
+# more there whatever the formula: logit-valued columns (a margin of 0.02 between two logits of
+# 30) are resolved to the logits' own float32 rounding, a few ulps of the largest |z_k|; and
+# probability-scale values (≤ 1, JS ≤ ln 2) and their spreads to a few ulps of 1.
+CONFIDENT = 0.9999
+LOGIT_COLUMNS = {
+    "orig_logit_actual", "orig_logit_argmax", "orig_margin_logit_top1_top2",
+    "orig_norm_logits_l2", "orig_std_logits",
+    *(f"{m}_{s}" for m in ("logit_actual", "logit_argmax", "margin_logit_top1_top2",
+                           "norm_logits_l2") for s in ("min", "max", "mean", "std")),
+}  # fmt: skip
+_PROBABILITY_METRICS = (
+    "prob_actual", "prob_argmax", "argmax_changed", "js_div", "cos_sim_logits", "cos_sim_hidden",
+)  # fmt: skip
+PROBABILITY_COLUMNS = {
+    "orig_prob_actual", "orig_prob_argmax", "orig_margin_prob_top1_top2",
+    "is_actual_token_orig_argmax", "flipped",
+    *(f"{m}_{s}" for m in _PROBABILITY_METRICS for s in ("min", "max", "mean", "std")),
+}  # fmt: skip
+LOGIT_ULPS = 2.0**-20  # ≈ 8 float32 ulps relative to the largest |logit|
+PROBABILITY_ATOL = 2.0**-21  # ≈ 8 float32 ulps of values just below 1
+
+
+def _confident_mismatches(head, head64, hidden, token_ids, radius, steps):
+    """Compare the family with :func:`reference_token` on the tokens with p_y ≥ CONFIDENT.
+
+    Returns the number of such tokens, how many of them flip, and the mismatches (strings)."""
+    with torch.no_grad():
+        features = _ccps_family(head, hidden, token_ids, radius, steps)
+    radii = np.arange(1, steps + 1) * (radius / steps)
+    mismatches, confident, flips = [], 0, 0
+    for i in range(hidden.shape[0]):
+        h = hidden[i].double()
+        with torch.no_grad():
+            z = head64(h)
+        y = int(token_ids[i])
+        if torch.softmax(z, dim=-1)[y] < CONFIDENT:
+            continue
+        confident += 1
+        ref = reference_token(head64, h, z.numpy(), y, radius, steps)
+        flips += int(ref["flipped"])
+        g = ref["jacobian_norm"]
+        # The largest |logit| along the trajectory (the reference's own direction).
+        h_req = h.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(-torch.log_softmax(head64(h_req), -1)[y], h_req)
+        with torch.no_grad():
+            logit_scale = max(float(head64(h + r * grad / g).abs().max()) for r in [0.0, *radii])
+        for name in EXPECTED_COLUMNS:
+            ours, expected = float(features[name][i]), float(ref[name])
+            if name in LOGIT_COLUMNS:
+                atol = LOGIT_ULPS * logit_scale
+            elif name in PROBABILITY_COLUMNS:
+                atol = PROBABILITY_ATOL
+            else:
+                atol = 1e-12  # exact zeros (std of a constant)
+            if abs(ours - expected) > atol + 1e-4 * abs(expected):
+                rel = abs(ours - expected) / max(abs(expected), 1e-300)
+                mismatches.append(f"token {i} {name}: {ours!r} vs {expected!r} (rel {rel:.1e})")
+    return confident, flips, mismatches
+
+
+@pytest.mark.parametrize("radius", [6.0, 30.0])
+def test_confident_tokens_match_float64_on_a_tiny_model(radius):
+    """A tiny model made confident on purpose (a bias of +16 on one token of its head: 1 − p_y
+    between 2e-5 and 7e-5 on every response position): the 76 columns agree with float64 at
+    a radius that keeps the trajectory confident (R = 6) and at one that flips it (R = 30)."""
+    llm = make_tiny_llm("llama")
+    encoded = [llm.encode_pair(r.messages, r.response) for r in RECORDS]
+    out = llm.teacher_forced(encoded, logits=False)
+    hidden = out.final_hidden[out.response_mask]
+    weight = llm.head.weight.detach()
+    bias = torch.zeros(weight.shape[0])
+    bias[7] = 16.0
+    head = Head(weight=weight, bias=bias, softcap=None)
+    W64, b64 = weight.double(), bias.double()
+    token_ids = torch.full((hidden.shape[0],), 7)
+    confident, flips, mismatches = _confident_mismatches(
+        head, lambda h: h @ W64.T + b64, hidden, token_ids, radius, steps=5
+    )
+    assert confident == hidden.shape[0] >= 20
+    assert (flips == confident) if radius == 30.0 else (flips == 0)
+    assert not mismatches, "\n".join(mismatches[:20])
+
+
+# The default LLM's own greedy answers to ordinary questions (5 of their 216 tokens have
+# p_y ≥ 0.9999).
+GREEDY_ANSWERS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Who wrote Romeo and Juliet?", "The story of Romeo and Juliet by William Shakespeare is "
+     "attributed to the 17th-century French playwright and poet. The play, written in 1595, "
+     "is a Romeo and Juliet"),
+    ("Name the largest planet in the solar system.", "The largest planet in the solar system "
+     "is Neptune, but it's actually a planet in its own right. It's a gas giant, and it's the "
+     "eighth planet from the Sun."),
+    ("How many legs does a spider have?", "The answer to this classic question lies in the "
+     "spider's anatomy. A spider's legs are actually just two pairs of legs, which are "
+     "typically referred to as legs. However, when referring to the actual"),
+    ("What is 7 times 8?", "To find 7 times 8, we can use the formula for multiplication of "
+     "integers with remainders. This is based on the concept of modular arithmetic, where we "
+     "multiply the number by itself until we"),
+    ("What color is the sky on a clear day?", "The sky on a clear day is often described as a "
+     "deep, rich shade of blue, with a hint of pink and a hint of purple. However, the exact "
+     "color of the sky on a clear"),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_confident_tokens_match_float64_on_the_default_llm():
+    """The default LLM at the default R = 20, S = 5: every column of every token with
+    p_y ≥ 0.9999 agrees with a float64 evaluation from the same hidden states."""
+    from perturbprobe import load_llm
+
+    llm = load_llm("default")
+    encoded = [llm.encode_pair([{"role": "user", "content": q}], a) for q, a in GREEDY_ANSWERS]
+    out = llm.teacher_forced(encoded, logits=False)
+    hidden = out.final_hidden[out.response_mask]
+    token_ids = out.response_ids[out.response_mask]
+    W64 = llm.head.weight.detach().double()
+    assert llm.head.bias is None and llm.head.is_linear
+    confident, _, mismatches = _confident_mismatches(
+        llm.head, lambda h: h @ W64.T, hidden, token_ids, radius=20.0, steps=5
+    )
+    assert confident >= 4
+    assert not mismatches, "\n".join(mismatches[:20])

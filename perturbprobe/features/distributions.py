@@ -4,6 +4,11 @@ All functions take logits ``z`` of shape (N, V) for N tokens and return per-toke
 shape (N,). Entropy is exact (``-Σ p log p`` from the log-softmax, ``0·log 0 = 0``); the
 Jensen–Shannon divergence uses ``log m = logaddexp(log p, log q) − log 2`` so it stays within
 [0, ln 2] even where ``m`` would underflow.
+
+Confident tokens (p_top = 1 − ε, ε ~ 1e-4) are where float32 cancels: the normaliser
+Σ exp(z − max) = 1 + ε is rounded to 1 ± 6e-8, so ``log`` of it — and every log-probability —
+carries an error of ~1e-3 relative to ε. :func:`log_softmax` therefore sums the non-top terms
+apart and takes ``log1p`` of that rest.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ __all__ = [
     "js_divergence",
     "kl_and_js",
     "kl_divergence",
+    "log_softmax",
     "logit_summary",
+    "nll_logit_gradient",
     "rowdot",
     "top_two",
 ]
@@ -60,6 +67,42 @@ def top_two(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     group_max[rows, best_group] = -torch.inf
     second = torch.maximum(members.amax(dim=-1), group_max.amax(dim=-1))
     return best, best_group * width + position, second
+
+
+def log_softmax(
+    z: torch.Tensor, top: torch.Tensor | None = None, argmax: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log softmax(z), (N, V) → (N, V), exact for near-one-hot rows too.
+
+    With M = max z and R = Σ_{v ≠ argmax} exp(z_v − M), log p = (z − M) − log1p(R): R is
+    summed without the top term (which is exactly 1), so for p_top = 1 − ε the rest ε is
+    resolved to float32's relative precision instead of being rounded against 1, and
+    ``expm1(log p_top)`` = −ε is exact. Pass ``top`` and ``argmax`` (N,) from :func:`top_two`
+    when already computed.
+    """
+    if top is None or argmax is None:
+        top, argmax, _ = top_two(z)
+    rows = torch.arange(z.shape[0], device=z.device)
+    shifted = z - top[:, None]
+    rest = torch.exp(shifted)
+    rest[rows, argmax] = 0.0
+    return shifted.sub_(torch.log1p(rest.sum(dim=-1))[:, None])
+
+
+def nll_logit_gradient(
+    p: torch.Tensor, log_prob: torch.Tensor, token_ids: torch.Tensor
+) -> torch.Tensor:
+    """∂(−log p_y)/∂z = p − e_y, (N, V), with the y-th entry computed as ``expm1(log p_y)``.
+
+    For a confident token (1 − p_y ~ 1e-4) the subtraction p_y − 1 cancels in float32 to
+    ~1e-3 relative error, which is then the error of the whole gradient ``Wᵀ(p − e_y)`` (the
+    other entries are of size 1 − p_y too). ``log_prob`` (N,) must come from
+    :func:`log_softmax` to carry that precision.
+    """
+    rows = torch.arange(token_ids.shape[0], device=token_ids.device)
+    gradient = p.clone()
+    gradient[rows, token_ids] = torch.expm1(log_prob)
+    return gradient
 
 
 def entropy_from_log_probs(log_p: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,22 +166,24 @@ def logit_summary(z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     -------
     dict of Tensor (N,)
         ``log_prob``, ``prob`` and ``logit`` of the actual token; ``entropy``; ``max_prob``,
-        ``max_logit`` and ``argmax`` (long) of the top token; ``margin_logit`` and
+        ``log_max_prob``, ``max_logit`` and ``argmax`` (long) of the top token; ``margin_logit`` and
         ``margin_prob`` between the top two; ``norm_logits`` (L2); ``std_logits`` (ddof=1);
         ``is_argmax`` (1.0 when y is the top token); and the distribution itself,
         ``log_probs`` and ``probs`` (N, V).
     """
-    log_p = torch.log_softmax(z, dim=-1)  # (N, V)
+    top1, argmax, top2 = top_two(z)
+    log_p = log_softmax(z, top1, argmax)  # (N, V)
     p = log_p.exp()
     rows = torch.arange(z.shape[0], device=z.device)
-    top1, argmax, top2 = top_two(z)
-    log_normalizer = top1 - log_p[rows, argmax]  # logsumexp(z)
-    top1_prob, top2_prob = (top1 - log_normalizer).exp(), (top2 - log_normalizer).exp()
+    log_top1_prob = log_p[rows, argmax]
+    log_normalizer = top1 - log_top1_prob  # logsumexp(z)
+    top1_prob, top2_prob = log_top1_prob.exp(), (top2 - log_normalizer).exp()
     log_prob = log_p[rows, y]
     return {
         "log_probs": log_p,
         "probs": p,
         "log_prob": log_prob,
+        "log_max_prob": log_top1_prob,
         "prob": log_prob.exp(),
         "logit": z[rows, y],
         "entropy": entropy_from_log_probs(log_p, p),

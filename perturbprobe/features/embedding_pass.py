@@ -34,7 +34,7 @@ import torch
 
 from ..errors import ExtractionError
 from ..llm import LLM, EncodedPair, Head
-from .distributions import kl_and_js, rowdot
+from .distributions import kl_and_js, log_softmax, nll_logit_gradient, rowdot
 
 __all__ = ["EmbeddingPass", "GradientRequest", "PerturbedStats"]
 
@@ -284,7 +284,7 @@ class EmbeddingPass:
             if divergences:
                 log_p = torch.log_softmax(head(self.final_hidden[rows]), dim=-1)  # (n, V)
             for k in range(n_copies):
-                log_q = torch.log_softmax(head(hidden[k, rows]), dim=-1)  # (n, V)
+                log_q = log_softmax(head(hidden[k, rows]))  # (n, V)
                 parts["log_prob_y"].append(log_q.gather(1, y)[:, 0])
                 if divergences:
                     kl, js = kl_and_js(log_p, log_q)
@@ -322,24 +322,21 @@ class EmbeddingPass:
 
     def _head_pass(self, hidden: torch.Tensor, with_gradient=False):
         """log p(y_t) and H(p_t) (n,) and, if asked, ∂ log p(y_t)/∂h_t (n, D), in head-sized
-        chunks of ``hidden`` (n, D) (head dtype)."""
+        chunks of ``hidden`` (n, D) (head dtype). Exact for confident tokens too
+        (:func:`~.distributions.log_softmax`, :func:`~.distributions.nll_logit_gradient`)."""
         head = self._head
         log_probs, entropies, gradients = [], [], []
-        for start in range(0, hidden.shape[0], self._chunk_tokens):
-            rows = slice(start, start + self._chunk_tokens)
-            y = self.token_ids[rows]
-            autograd_head = with_gradient and not head.is_linear
-            with torch.set_grad_enabled(autograd_head):
-                h = hidden[rows].detach().requires_grad_(autograd_head)
-                log_p = torch.log_softmax(head(h), dim=-1)  # (n, V)
+        with torch.no_grad():  # closed form: no graph through the head
+            for start in range(0, hidden.shape[0], self._chunk_tokens):
+                rows = slice(start, start + self._chunk_tokens)
+                y, h = self.token_ids[rows], hidden[rows].detach()
+                log_p = log_softmax(head(h))  # (n, V)
                 picked = log_p.gather(1, y[:, None])[:, 0]  # (n,)
-                if autograd_head:
-                    gradients.append(torch.autograd.grad(picked.sum(), h)[0])
-                p = log_p.detach().exp()
-                if with_gradient and head.is_linear:
-                    gradients.append(head.weight[y] - p @ head.weight)
-            log_probs.append(picked.detach())
-            entropies.append(-rowdot(p, log_p.detach()))
+                p = log_p.exp()
+                if with_gradient:
+                    gradients.append(-head.pullback(h, nll_logit_gradient(p, picked, y)))
+                log_probs.append(picked)
+                entropies.append(-rowdot(p, log_p))
         gradient = torch.cat(gradients) if gradients else None
         return torch.cat(log_probs), torch.cat(entropies), gradient
 

@@ -259,7 +259,8 @@ def _head_gradient_norms(head: Head, hidden, token_ids, log_probs, weights, look
         coefficient = -torch.exp(logits - log_normalizer[:, None])  # −p (T, c)
         inside = (token_ids >= columns.start) & (token_ids < columns.stop)
         rows = torch.nonzero(inside)[:, 0]
-        coefficient[rows, token_ids[rows] - columns.start] += 1.0  # e_y − p
+        # e_y − p: 1 − p_y = −expm1(log p_y), exact where 1 − p_y ~ 1e-4 (not 1 + (−p_y))
+        coefficient[rows, token_ids[rows] - columns.start] = -torch.expm1(log_probs[rows])
         if slope is not None:
             coefficient = coefficient * slope
         gradient = coefficient.T @ weighted_hidden  # (c, 2D): [Λ_ω | Λ₁]

@@ -71,6 +71,29 @@ class Head:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
 
+    def pullback(self, hidden: torch.Tensor, logit_gradient: torch.Tensor) -> torch.Tensor:
+        """∇_h of Σ_v c_v z_v(h), the vector-Jacobian product of the head, in closed form.
+
+        ``Wᵀ(c ⊙ s)`` with s = 1 for a linear head and s = 1 − tanh²((W h + b)/cap) for a
+        soft-capped one (which costs one more (n, D) × (D, V) product for the raw logits).
+
+        Parameters
+        ----------
+        hidden : Tensor (n, D)
+        logit_gradient : Tensor (n, V)
+            c, e.g. p − e_y for the gradient of −log p_y.
+
+        Returns
+        -------
+        Tensor (n, D)
+        """
+        weight = self.weight.to(hidden.dtype)
+        if self.softcap is not None:
+            bias = None if self.bias is None else self.bias.to(hidden.dtype)
+            squashed = torch.tanh(F.linear(hidden, weight, bias) / self.softcap)
+            logit_gradient = logit_gradient * (1.0 - squashed.square())
+        return logit_gradient @ weight
+
 
 def head_of(model: nn.Module) -> Head:
     """Extract the :class:`Head` of a transformers causal LM.
