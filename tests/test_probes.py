@@ -4,10 +4,14 @@ estimator, naive loops, per-record forward passes)."""
 
 from __future__ import annotations
 
+import ast
 import copy
+import json
 import re
 import shutil
+from pathlib import Path
 
+import joblib
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -15,21 +19,28 @@ import pytest
 import scipy.sparse
 import torch
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import DataConversionWarning, NotFittedError
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from perturbprobe.errors import PerturbprobeWarning, ProbeError
+import perturbprobe.probes
+from perturbprobe.errors import PerturbprobeError, PerturbprobeWarning, ProbeError
 from perturbprobe.probes._contrastive import (
     ACTIVATIONS,
     Standardiser,
     contrastive_loss,
     contrastive_pair_losses,
 )
-from perturbprobe.probes.base import PROBES, derive_seed, make_probe, validation_split
+from perturbprobe.probes.base import (
+    PROBES,
+    ProbeTypeError,
+    derive_seed,
+    make_probe,
+    validation_split,
+)
 from perturbprobe.probes.ccps import CCPSProbe, CCPSSequenceProbe, MaskedCNNEncoder
 from perturbprobe.probes.lightgbm import LightGBMProbe
 from perturbprobe.probes.logistic import LogisticProbe
@@ -148,7 +159,9 @@ def test_fit_and_predict_contract(name, fitted):
     assert ((proba >= 0) & (proba <= 1)).all()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(probe.classes_, [0, 1])
-    np.testing.assert_array_equal(probe.predict(X_test), (proba[:, 1] >= 0.5).astype(int))
+    assert probe.pos_label_ == 1
+    np.testing.assert_array_equal(probe.predict_positive(X_test), proba[:, 1])
+    np.testing.assert_array_equal(probe.predict(X_test), proba.argmax(axis=1))
     assert roc_auc_score(y_test, proba[:, 1]) > 0.8  # the signal is strong
     # Same random_state → identical predictions (the module fixture is an independent fit).
     np.testing.assert_array_equal(fitted[name].predict_proba(X_test), proba)
@@ -213,12 +226,16 @@ def test_save_refuses_a_missing_directory(fitted, tmp_path):
 def test_label_errors(name):
     X, y = data(name)
     probe = make_probe(name)
-    with pytest.raises(ProbeError, match=r"needs both correct and incorrect answers; got only"):
+    with pytest.raises(ProbeError, match=r"y contains only one class: 1 \(300 records\)"):
         probe.fit(X, np.ones_like(y))
     with pytest.raises(ProbeError, match="at least 2 answers of each class; got 1 correct"):
         probe.fit(X, np.r_[1, np.zeros(len(y) - 1, dtype=int)])
-    with pytest.raises(ProbeError, match=r"y must hold 1 .* found 2"):
+    with pytest.raises(ProbeError, match=r"Only binary classification .* 3 classes: 0, 1, 2"):
         probe.fit(X, np.r_[2, y[1:]])
+    with pytest.raises(ProbeError, match="Unknown label type: continuous"):
+        probe.fit(X, y + 0.5 * (np.arange(len(y)) % 3))
+    with pytest.raises(ProbeError, match="pos_label='yes' is not a class of y"):
+        make_probe(name, pos_label="yes").fit(X, y)
     with pytest.raises(ProbeError, match=f"X has {len(y)} records but y has 3 labels"):
         probe.fit(X, y[:3])
 
@@ -264,7 +281,11 @@ def test_wrong_feature_count_is_refused(name, fitted):
     X_test = data(name, "test")[0]
     fewer = [x[:, :-1] for x in X_test] if isinstance(X_test, list) else X_test.to_numpy()[:, :-1]
     n_features = fitted[name].n_features_in_
-    with pytest.raises(ProbeError, match=f"expected {n_features} features, got {n_features - 1}"):
+    message = (
+        f"X has {n_features - 1} features, but {type(fitted[name]).__name__} is expecting "
+        f"{n_features} features as input."
+    )
+    with pytest.raises(ProbeError, match=re.escape(message)):
         fitted[name].predict_proba(fewer)
 
 
@@ -315,14 +336,108 @@ def test_a_failed_fit_leaves_no_fitted_state_and_a_refit_forgets_column_names():
     probe = LogisticProbe().fit(X, y)
     assert list(probe.feature_names_in_) == list(X.columns)
     assert not hasattr(probe.fit(X.to_numpy(), y), "feature_names_in_")
+    with pytest.raises(ProbeError, match="only one class"):  # a failed refit: unfitted again
+        probe.fit(X, np.zeros_like(y))
+    with pytest.raises(NotFittedError):
+        probe.predict_proba(X)
 
 
-def test_non_numeric_and_sparse_inputs_are_refused():
+def test_non_numeric_complex_empty_and_sparse_inputs_are_refused():
     X, y = TABLE_TRAIN
     with pytest.raises(ProbeError, match="non-numeric columns: 'family/f3'"):
         LogisticProbe().fit(X.assign(**{"family/f3": "high"}), y)
     with pytest.raises(ProbeError, match="sparse X is not supported"):
         LogisticProbe().fit(scipy.sparse.csr_matrix(X.to_numpy()), y)
+    with pytest.raises(ProbeError, match="Complex data not supported"):
+        LogisticProbe().fit(X.to_numpy() + 1j, y)
+    objects = X.to_numpy().astype(object)
+    objects[0, 0] = {"a": 1}
+    with pytest.raises(ProbeTypeError, match=r"must be numeric: float\(\) argument"):
+        LogisticProbe().fit(objects, y)
+    assert issubclass(ProbeTypeError, PerturbprobeError) and issubclass(ProbeTypeError, TypeError)
+    with pytest.raises(ProbeError, match=r"0 feature\(s\) \(shape=\(300, 0\)\)"):
+        LogisticProbe().fit(np.empty((300, 0)), y)
+    probe = LogisticProbe().fit(X, y)
+    with pytest.raises(ProbeError, match="Reshape your data"):
+        probe.predict_proba(X.to_numpy()[0])
+    with pytest.raises(ProbeError, match="requires y to be passed, but the target y is None"):
+        LogisticProbe().fit(X, None)
+
+
+# -- labels: any two, pos_label the correct one -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["logistic", "lightgbm"])
+@pytest.mark.parametrize(
+    ("incorrect", "correct", "pos_label"),
+    [("wrong", "right", "right"), (False, True, None), (-1, 1, None), (1, 0, 0)],
+)
+def test_any_two_labels_with_pos_label_as_the_correct_one(
+    name, incorrect, correct, pos_label, fitted, tmp_path
+):
+    """Columns follow the sorted classes_; P(pos_label) and the saved and loaded state are
+    those of the 0/1 fit."""
+    (X, y), X_test = TABLE_TRAIN, TABLE_TEST[0]
+    labels = np.where(y == 1, correct, incorrect)
+    probe = make_probe(name, **FAST[name], pos_label=pos_label).fit(X, labels, groups=GROUPS)
+    np.testing.assert_array_equal(probe.classes_, sorted([incorrect, correct]))
+    assert probe.pos_label_ == correct
+    expected = fitted[name].predict_positive(X_test)
+    np.testing.assert_array_equal(probe.predict_positive(X_test), expected)
+    proba = probe.predict_proba(X_test)
+    np.testing.assert_array_equal(proba[:, list(probe.classes_).index(correct)], expected)
+    predicted = np.where(fitted[name].predict_positive(X_test) > 0.5, correct, incorrect)
+    np.testing.assert_array_equal(probe.predict(X_test), predicted)
+    probe.save_state(tmp_path)
+    loaded = type(probe).load_state(tmp_path, probe.get_params())
+    np.testing.assert_array_equal(loaded.classes_, probe.classes_)
+    assert loaded.pos_label_ == correct and type(loaded.pos_label_) is type(probe.pos_label_)
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), proba)
+    with pytest.raises(ProbeError, match="fitted with pos_label="):
+        type(probe).load_state(tmp_path, {**probe.get_params(), "pos_label": incorrect})
+
+
+def test_a_column_y_is_flattened_with_a_warning(fitted):
+    (X, y), X_test = TABLE_TRAIN, TABLE_TEST[0]
+    with pytest.warns(DataConversionWarning, match="A column-vector y was passed"):
+        probe = LogisticProbe().fit(X, y[:, None], groups=GROUPS)
+    np.testing.assert_array_equal(
+        probe.predict_proba(X_test), fitted["logistic"].predict_proba(X_test)
+    )
+
+
+def test_states_without_labels_load_as_zero_one(fitted, tmp_path):
+    """States saved before the labels were: 0 and 1, 1 the correct one."""
+    probe = fitted["lightgbm"]
+    probe.save_state(tmp_path)
+    metadata = json.loads((tmp_path / "lightgbm.json").read_text())
+    del metadata["classes"], metadata["pos_label"]
+    (tmp_path / "lightgbm.json").write_text(json.dumps(metadata))
+    loaded = LightGBMProbe.load_state(tmp_path, probe.get_params())
+    np.testing.assert_array_equal(loaded.classes_, [0, 1])
+    assert loaded.pos_label_ == 1
+
+
+def test_labels_that_json_cannot_hold_are_refused_before_saving(tmp_path):
+    X, y = TABLE_TRAIN
+    dates = np.where(y == 1, np.datetime64("2024-01-02"), np.datetime64("2024-01-01"))
+    probe = LogisticProbe().fit(X, dates)
+    assert probe.predict(X[:1])[0] in dates
+    with pytest.raises(ProbeError, match="ints, floats, strings or bools to be saved; got date"):
+        probe.save_state(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_class_weight_is_keyed_by_the_labels():
+    X, y = TABLE_TRAIN
+    named = np.where(y == 1, "right", "wrong")
+    by_label = LogisticProbe(class_weight={"right": 3.0, "wrong": 1.0}, pos_label="right")
+    by_code = LogisticProbe(class_weight={1: 3.0, 0: 1.0})
+    np.testing.assert_array_equal(
+        by_label.fit(X, named).predict_positive(X), by_code.fit(X, y).predict_positive(X)
+    )
+    with pytest.raises(ProbeError, match=r"class_weight names \['maybe'\], which are not labels"):
+        LogisticProbe(class_weight={"maybe": 2.0}).fit(X, named)
 
 
 def test_few_rows_per_class_warn():
@@ -410,6 +525,86 @@ def test_logistic_equals_a_hand_built_pipeline():
     np.testing.assert_allclose(
         probe.predict_proba(X_test), reference.predict_proba(X_test), rtol=0, atol=1e-12
     )
+    np.testing.assert_array_equal(probe.n_iter_, reference[-1].n_iter_)
+
+
+def test_logistic_weights_are_repeated_rows_for_imputation_and_scaling_too():
+    (X, y), X_test = TABLE_TRAIN, TABLE_TEST[0]
+    X = with_first(X, np.nan, n_rows=40).to_numpy()
+    weights = np.random.default_rng(0).integers(0, 4, size=len(y))
+    with pytest.warns(PerturbprobeWarning, match="missing"):
+        weighted = LogisticProbe().fit(X, y, sample_weight=weights)
+        repeated = LogisticProbe().fit(X.repeat(weights, axis=0), y.repeat(weights))
+    np.testing.assert_array_equal(weighted.medians_, np.nanmedian(X.repeat(weights, axis=0), 0))
+    np.testing.assert_allclose(weighted.mean_, repeated.mean_, rtol=1e-12)
+    np.testing.assert_allclose(weighted.scale_, repeated.scale_, rtol=1e-12)
+    np.testing.assert_allclose(
+        weighted.predict_proba(with_first(X_test, np.nan)),
+        repeated.predict_proba(with_first(X_test, np.nan)),
+        rtol=1e-6,
+    )
+
+
+def _state_files(probe, directory: Path) -> list[Path]:
+    return [directory / name for name in probe.save_state(directory)]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_state_file_is_a_pickle(name, fitted, tmp_path):
+    """Arrays in safetensors, everything else JSON (LightGBM: its own text model)."""
+    for path in _state_files(fitted[name], tmp_path):
+        assert path.suffix in {".safetensors", ".json", ".txt"}, path
+        assert not path.read_bytes().startswith(b"\x80"), f"{path} is a pickle"
+    if name in TORCH:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ccps.json", "ccps.safetensors"]
+
+
+def test_logistic_state_round_trip_restores_every_array_bitwise(fitted, tmp_path):
+    probe = fitted["logistic"]
+    assert sorted(probe.save_state(tmp_path)) == ["logistic.json", "logistic.safetensors"]
+    loaded = LogisticProbe.load_state(tmp_path, probe.get_params())
+    for attribute in ("medians_", "mean_", "scale_", "coef_", "intercept_", "n_iter_"):
+        np.testing.assert_array_equal(getattr(loaded, attribute), getattr(probe, attribute))
+    X_test = with_first(TABLE_TEST[0], np.nan, n_rows=10)
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), probe.predict_proba(X_test))
+
+
+class _TouchOnUnpickle:
+    """A pickle payload: unpickling it creates ``path`` (stands in for arbitrary code)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_an_old_joblib_state_is_refused_without_being_unpickled(fitted, tmp_path):
+    old, marker = tmp_path / "old", tmp_path / "unpickled"
+    old.mkdir()
+    joblib.dump(_TouchOnUnpickle(marker), old / "logistic.joblib")
+    with pytest.raises(ProbeError, match=r"logistic.joblib, a pickle .* fit the probe again"):
+        LogisticProbe.load_state(old, fitted["logistic"].get_params())
+    assert not marker.exists()
+    joblib.load(old / "logistic.joblib")  # the payload is live: loading it would have run it
+    assert marker.exists()
+
+
+def test_no_probe_module_unpickles():
+    """No ``pickle``/``joblib`` load anywhere in perturbprobe.probes; ``torch.load`` only with
+    ``weights_only=True``."""
+    for path in Path(perturbprobe.probes.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in {"pickle", "joblib"}:
+                assert not {a.name for a in node.names} & {"load", "loads"}, path
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value
+            if node.func.attr in {"load", "loads"} and isinstance(owner, ast.Name):
+                assert owner.id not in {"pickle", "joblib"}, f"{path}:{node.lineno}"
+                if owner.id == "torch":
+                    safe = [k for k in node.keywords if k.arg == "weights_only"]
+                    assert safe and getattr(safe[0].value, "value", None) is True, path
 
 
 # -- LightGBM -----------------------------------------------------------------------------------

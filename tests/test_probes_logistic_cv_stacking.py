@@ -524,3 +524,20 @@ def test_stacking_clone_default_groups_and_registry():
     assert type(single.base_probes_[0]).name == "lightgbm"
     with pytest.raises(NotFittedError):
         clone(single).predict_proba(X)
+
+
+def test_stacking_with_named_labels_gives_its_base_probes_zero_one(stacked, tmp_path):
+    """The base probes and the meta-model see 1 for pos_label: P(correct) is the 0/1 fit's."""
+    X, y, groups = family_problem(450, 0)
+    named = stacking(pos_label="right").fit(X, np.where(y == 1, "right", "wrong"), groups=groups)
+    X_test = family_problem(80, 6)[0]
+    np.testing.assert_array_equal(named.predict_positive(X_test), stacked.predict_positive(X_test))
+    np.testing.assert_array_equal(named.classes_, ["right", "wrong"])
+    np.testing.assert_array_equal(
+        named.predict_proba(X_test)[:, 0], stacked.predict_positive(X_test)
+    )
+    assert all(list(base.classes_) == [0, 1] for base in named.base_probes_)
+    named.save_state(tmp_path)
+    loaded = StackingProbe.load_state(tmp_path, named.get_params())
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), named.predict_proba(X_test))
+    assert loaded.pos_label_ == "right"

@@ -1,9 +1,18 @@
 """The probe contract: what every correctness probe accepts, returns and saves.
 
-A probe maps the features of an (LLM answer) record to P(correct). Every probe is a
-scikit-learn classifier (``clone``, pipelines and cross-validation work) with ``classes_ =
-[0, 1]``, where 1 means the LLM's answer is correct, so ``predict_proba(X)[:, 1]`` is
-P(correct). Two input kinds exist (the class attribute ``input_kind``):
+A probe maps the features of an (LLM answer) record to P(correct). Every probe is a binary
+scikit-learn classifier: ``clone``, pipelines and cross-validation work, and it passes
+scikit-learn's own ``check_estimator``. Labels follow scikit-learn's rules:
+
+- y holds two labels of any kind (ints, bools, strings, floats); ``classes_`` are the sorted
+  unique labels and column j of ``predict_proba`` is P(``classes_[j]``);
+- the label meaning "the LLM's answer is correct" is the ``pos_label`` parameter; None (the
+  default) takes ``classes_[1]``, so with the package's usual labels (1 = correct, 0 =
+  incorrect) ``predict_proba(X)[:, 1]`` is P(correct). :meth:`Probe.predict_positive` returns
+  P(correct) whatever the labels; the training code of every probe sees y as 0/1, 1 marking
+  ``pos_label``.
+
+Two input kinds exist (the class attribute ``input_kind``):
 
 - ``"table"``: X is a DataFrame or a 2-D array (n, F), one row of response-level features per
   record;
@@ -12,13 +21,15 @@ P(correct). Two input kinds exist (the class attribute ``input_kind``):
 
 This module holds what the probes share, so each probe only trains and predicts:
 
-- input validation with one set of messages (labels, infinite or missing values, feature count
-  and column names at predict time) — missing values are allowed and imputed with the training
-  medians by each probe, with one :class:`~perturbprobe.errors.PerturbprobeWarning` at fit;
+- input validation with one set of messages, worded like scikit-learn's where its checks
+  look for words (labels, infinite or missing values, feature count and column names at
+  predict time) — missing values are allowed and imputed by each probe, with one
+  :class:`~perturbprobe.errors.PerturbprobeWarning` at fit;
 - :func:`validation_split`, the internal early-stopping split that keeps a question's answers
   on one side;
-- persistence (:meth:`Probe.save_state` / :meth:`Probe.load_state`), with non-pickle formats for
-  torch and LightGBM;
+- persistence (:meth:`Probe.save_state` / :meth:`Probe.load_state`) in formats that are never
+  unpickled (safetensors, JSON, LightGBM's text), with :func:`write_arrays` /
+  :func:`read_arrays` for float64 arrays;
 - the registry :data:`PROBES` and :func:`make_probe`, resolved lazily so that importing this
   module imports neither torch nor LightGBM.
 """
@@ -26,6 +37,7 @@ This module holds what the probes share, so each probe only trains and predicts:
 from __future__ import annotations
 
 import importlib
+import json
 import numbers
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,24 +46,32 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from safetensors.numpy import load_file, save_file
 from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import DataConversionWarning
 from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
-from ..errors import PerturbprobeWarning, ProbeError
+from ..errors import PerturbprobeError, PerturbprobeWarning, ProbeError
 
 __all__ = [
     "MIN_ROWS_PER_CLASS",
     "PROBES",
     "Probe",
+    "ProbeTypeError",
     "check_parameter",
+    "check_shapes",
     "derive_seed",
     "is_int",
     "make_probe",
     "probe_class",
+    "read_arrays",
+    "read_json",
     "validation_split",
+    "write_arrays",
 ]
 
 # Below this many rows of a class a probe still fits, but its AUROC/ECE estimates and early
@@ -68,6 +88,11 @@ _PROBE_PATHS = {
     "logistic-cv": "perturbprobe.probes.logistic_cv:LogisticCVProbe",
     "stacking": "perturbprobe.probes.stacking:StackingProbe",
 }
+
+
+class ProbeTypeError(PerturbprobeError, TypeError):
+    """X holds values that are not numbers at all (e.g. a dict in an object array): a
+    :class:`TypeError`, as scikit-learn raises for such input."""
 
 
 def _listed(items: Sequence[Any]) -> str:
@@ -168,40 +193,70 @@ def validation_split(
     )
 
 
-def _check_labels(y: Any, n_rows: int) -> np.ndarray:
+def _check_labels(
+    y: Any, n_rows: int, pos_label: Any, estimator: str
+) -> tuple[np.ndarray, Any, np.ndarray]:
+    """Validate y: the sorted classes (2,), the positive class and y as 0/1 int64 (n,)."""
+    if y is None:
+        raise ProbeError(
+            f"{estimator} requires y to be passed, but the target y is None; give one label "
+            "per record (e.g. 1: answer correct, 0: incorrect)"
+        )
     labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected; y of shape "
+            f"{labels.shape} is read as ({labels.shape[0]},)",
+            DataConversionWarning,
+            stacklevel=3,
+        )
+        labels = labels[:, 0]
     if labels.ndim != 1:
         raise ProbeError(f"y must be 1-D (one label per record); got shape {labels.shape}")
     if labels.shape[0] != n_rows:
         raise ProbeError(f"X has {n_rows} records but y has {labels.shape[0]} labels")
-    if labels.dtype.kind not in "biuf":
-        raise ProbeError(f"y must hold 1 (answer correct) or 0 (incorrect); got {labels.dtype}")
-    valid = np.isin(labels, (0, 1))
-    if not valid.all():
-        found = _listed(pd.unique(labels[~valid]).tolist())
-        raise ProbeError(f"y must hold 1 (answer correct) or 0 (incorrect); found {found}")
-    labels = labels.astype(np.int64)
-    counts = np.bincount(labels, minlength=2)
-    if counts.min() == 0:
-        only = "correct (1)" if counts[0] == 0 else "incorrect (0)"
+    try:
+        with warnings.catch_warnings():  # NaN labels: the error below says it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            kind = type_of_target(labels, input_name="y")
+        classes = np.unique(labels)
+    except (TypeError, ValueError) as exc:  # NaN or infinite labels, strings mixed with numbers
+        raise ProbeError(f"y holds unusable labels: {exc}") from exc
+    if kind not in ("binary", "multiclass"):
         raise ProbeError(
-            f"a probe needs both correct and incorrect answers; got only {only} answers "
-            f"({n_rows} records)"
+            f"Unknown label type: {kind}. y must hold two classes of labels (e.g. 1: answer "
+            "correct, 0: incorrect), not continuous values or objects"
         )
-    if counts.min() < 2:
+    if classes.size > 2:
         raise ProbeError(
-            f"a probe needs at least 2 answers of each class; got {counts[1]} correct and "
-            f"{counts[0]} incorrect"
+            f"Only binary classification is supported: y must hold two classes (answer "
+            f"correct or not); found {classes.size} classes: {_listed(classes.tolist())}"
         )
-    if counts.min() < MIN_ROWS_PER_CLASS:
+    if classes.size < 2:
+        raise ProbeError(
+            "a probe needs samples of 2 classes (correct and incorrect answers), but y "
+            f"contains only one class: {classes.tolist()[0]!r} ({n_rows} records)"
+        )
+    matches = [i for i, label in enumerate(classes.tolist()) if label == pos_label]
+    if pos_label is not None and not matches:
+        raise ProbeError(
+            f"pos_label={pos_label!r} is not a class of y; the classes are "
+            f"{_listed(classes.tolist())}"
+        )
+    positive = classes[matches[0] if matches else 1]
+    encoded = (labels == positive).astype(np.int64)
+    n_correct, n_incorrect = int(encoded.sum()), int(n_rows - encoded.sum())
+    counts = f"{n_correct} correct and {n_incorrect} incorrect answers"
+    if min(n_correct, n_incorrect) < 2:
+        raise ProbeError(f"a probe needs at least 2 answers of each class; got {counts}")
+    if min(n_correct, n_incorrect) < MIN_ROWS_PER_CLASS:
         warnings.warn(
-            f"only {counts[1]} correct and {counts[0]} incorrect answers: fitting continues, "
-            f"but with fewer than {MIN_ROWS_PER_CLASS} of a class the probe and its metrics "
-            "are noisy",
+            f"only {counts}: fitting continues, but with fewer than {MIN_ROWS_PER_CLASS} of a "
+            "class the probe and its metrics are noisy",
             PerturbprobeWarning,
             stacklevel=3,
         )
-    return labels
+    return classes, positive, encoded
 
 
 def _check_groups(groups: Any, n_rows: int) -> np.ndarray | None:
@@ -213,39 +268,71 @@ def _check_groups(groups: Any, n_rows: int) -> np.ndarray | None:
     return groups
 
 
-def _check_sample_weight(sample_weight: Any, n_rows: int) -> np.ndarray | None:
+def _check_sample_weight(sample_weight: Any, y: np.ndarray) -> np.ndarray | None:
+    """Validate the weights of the rows of y (0/1, shape (n,)): float64 (n,) or None."""
     if sample_weight is None:
         return None
     try:
         weights = np.asarray(sample_weight, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ProbeError(f"sample_weight must be numeric: {exc}") from exc
-    if weights.shape != (n_rows,):
+    if weights.shape != y.shape:
         raise ProbeError(
-            f"sample_weight must hold one weight per record ({n_rows}); got {weights.shape}"
+            f"sample_weight must hold one weight per record ({len(y)}); got {weights.shape}"
         )
     if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
         raise ProbeError("sample_weight must be finite, non-negative and not all zero")
+    if weights[y == 1].sum() == 0 or weights[y == 0].sum() == 0:
+        raise ProbeError(
+            "sample_weight is 0 for every answer of one class: a probe needs both classes "
+            "(correct and incorrect answers) with a positive weight"
+        )
     return weights
+
+
+def _as_float64(value: Any, what: str) -> np.ndarray:
+    """``value`` as a float64 array (no copy when it is one); complex numbers and non-numbers
+    are refused."""
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise ProbeError(f"{what} must be a numeric array: {exc}") from exc
+    if array.dtype.kind == "c":
+        raise ProbeError(f"Complex data not supported: {what} must hold real numbers")
+    try:
+        return array.astype(np.float64, copy=False)
+    except TypeError as exc:  # e.g. a dict in an object array
+        raise ProbeTypeError(f"{what} must be numeric: {exc}") from exc
+    except ValueError as exc:  # e.g. a string that is not a number
+        raise ProbeError(f"{what} must be numeric: {exc}") from exc
 
 
 def _table_to_array(X: Any) -> np.ndarray:
     if isinstance(X, pd.DataFrame):
-        numeric = [
-            pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t) for t in X.dtypes
+        complex_columns = [c for c, t in X.dtypes.items() if pd.api.types.is_complex_dtype(t)]
+        if complex_columns:
+            raise ProbeError(
+                f"Complex data not supported: complex columns {_listed(complex_columns)}"
+            )
+        bad = [
+            c
+            for c, t in X.dtypes.items()
+            if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t))
         ]
-        if not all(numeric):
-            bad = [c for c, ok in zip(X.columns, numeric, strict=True) if not ok]
+        if bad:
             raise ProbeError(f"X must be numeric; non-numeric columns: {_listed(bad)}")
         return X.to_numpy(dtype=np.float64, na_value=np.nan)
     if sparse.issparse(X):
         raise ProbeError("sparse X is not supported; pass a dense array or DataFrame")
-    try:
-        array = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ProbeError(f"X must be a numeric DataFrame or 2-D array: {exc}") from exc
+    array = _as_float64(X, "X")
     if array.ndim != 2:
-        raise ProbeError(f"X must be 2-D (records × features); got shape {array.shape}")
+        hint = (
+            ". Reshape your data with X.reshape(-1, 1) if it has a single feature or "
+            "X.reshape(1, -1) if it is a single record"
+            if array.ndim == 1
+            else ""
+        )
+        raise ProbeError(f"X must be 2-D (records × features); got shape {array.shape}{hint}")
     return array
 
 
@@ -263,10 +350,7 @@ def _to_sequences(X: Any) -> list[np.ndarray]:
         )
     sequences = []
     for i, record in enumerate(X):
-        try:
-            matrix = np.asarray(record, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ProbeError(f"record {i} is not a numeric array: {exc}") from exc
+        matrix = _as_float64(record, f"record {i}")
         if matrix.ndim != 2 or matrix.shape[0] < 1:
             raise ProbeError(f"record {i} must be a 2-D array (T_i ≥ 1, F); got {matrix.shape}")
         if sequences and matrix.shape[1] != sequences[0].shape[1]:
@@ -278,18 +362,84 @@ def _to_sequences(X: Any) -> list[np.ndarray]:
     return sequences
 
 
+def _json_labels(classes: np.ndarray) -> list[Any]:
+    """The classes as JSON values (bool, int, float or str); ProbeError for other labels."""
+    labels = classes.tolist()
+    if not all(isinstance(label, (bool, int, float, str)) for label in labels):
+        kinds = sorted({type(label).__name__ for label in labels})
+        raise ProbeError(
+            "a probe's class labels must be ints, floats, strings or bools to be saved; got "
+            + ", ".join(kinds)
+        )
+    return labels
+
+
+def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Save named arrays as float64 tensors of a safetensors file."""
+    save_file(
+        {name: np.ascontiguousarray(a, dtype=np.float64) for name, a in arrays.items()},
+        str(path),
+    )
+
+
+def read_arrays(path: Path, names: set[str]) -> dict[str, np.ndarray]:
+    """The float64 arrays of a safetensors file written by :func:`write_arrays`.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        The file is missing or does not hold exactly ``names``, as float64.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    arrays = load_file(str(path))
+    if set(arrays) != names:
+        raise ValueError(f"{path.name} holds {sorted(arrays)}, expected {sorted(names)}")
+    if any(a.dtype != np.float64 for a in arrays.values()):
+        raise ValueError(f"{path.name} must hold float64 arrays")
+    return arrays
+
+
+def check_shapes(
+    arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]], file: str, F: int
+) -> None:
+    """ValueError unless every array of ``shapes`` has its shape (F: the fitted width)."""
+    wrong = [
+        f"{k} {arrays[k].shape} (expected {s})" for k, s in shapes.items() if arrays[k].shape != s
+    ]
+    if wrong:
+        raise ValueError(f"{file} does not match {F} features: {'; '.join(wrong)}")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object of a state file (ValueError if it is not an object)."""
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"{path.name} does not hold an object")
+    return value
+
+
 class Probe(ClassifierMixin, BaseEstimator):
     """Base class of correctness probes: validation, prediction plumbing and persistence.
 
-    Subclasses set ``name`` and ``input_kind`` and implement ``_fit``, ``_predict_positive``,
-    ``_write_state`` and ``_read_state``; they receive validated inputs only: a float64 array
-    (n, F) for ``"table"`` probes, a list of float64 arrays (T_i, F) for ``"sequence"`` ones,
-    NaN marking missing values in both.
+    Subclasses set ``name`` and ``input_kind``, take ``pos_label=None`` in their constructor
+    and implement ``_fit``, ``_predict_positive``, ``_write_state`` and ``_read_state``; they
+    receive validated inputs only: a float64 array (n, F) for ``"table"`` probes, a list of
+    float64 arrays (T_i, F) for ``"sequence"`` ones, NaN marking missing values in both, and
+    y as int64 0/1 (1: ``pos_label_``, the answer is correct). ``classes_`` and ``pos_label_``
+    are set before ``_fit`` is called.
+
+    Labels: y holds two labels of any kind (scikit-learn's rule for binary classifiers);
+    ``pos_label`` names the one meaning "answer correct", None meaning ``classes_[1]`` (1 for
+    0/1 labels). More than two classes, one class, continuous values or fewer than 2 answers
+    of a class are refused.
 
     Attributes
     ----------
-    classes_ : ndarray of int, shape (2,)
-        ``[0, 1]``; column 1 of :meth:`predict_proba` is P(correct).
+    classes_ : ndarray, shape (2,)
+        The two labels of y, sorted; column j of :meth:`predict_proba` is P(``classes_[j]``).
+    pos_label_ : scalar
+        The label meaning "answer correct" (``pos_label``, or ``classes_[1]``).
     n_features_in_ : int
         F, the number of features seen at fit.
     feature_names_in_ : ndarray of str, shape (F,)
@@ -301,9 +451,13 @@ class Probe(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.classifier_tags.multi_class = False  # labels are 1 (correct) / 0 (incorrect)
+        tags.input_tags.allow_nan = True  # imputed with the training medians
+        tags.input_tags.two_d_array = self.input_kind == "table"
+        tags.classifier_tags.multi_class = False  # answer correct or not
         return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "n_features_in_")  # set last, when a fit succeeded
 
     # -- fit / predict ----------------------------------------------------------------------
 
@@ -314,8 +468,9 @@ class Probe(ClassifierMixin, BaseEstimator):
         ----------
         X : DataFrame or array-like of shape (n, F), or list of n arrays (T_i, F)
             Features (see ``input_kind``); NaN marks a missing value.
-        y : array-like of int, shape (n,)
-            1 if the LLM's answer is correct, 0 if not.
+        y : array-like, shape (n,)
+            Two labels, e.g. 1 if the LLM's answer is correct, 0 if not (see ``pos_label``);
+            a column (n, 1) is flattened with a ``DataConversionWarning``.
         groups : array-like, shape (n,), optional
             Question of each record; early-stopping splits keep a question's answers together.
         sample_weight : array-like of float, shape (n,), optional
@@ -330,23 +485,37 @@ class Probe(ClassifierMixin, BaseEstimator):
         Raises
         ------
         ProbeError
-            One-class labels, fewer than 2 rows of a class, infinite values, an all-missing
+            Not two classes, fewer than 2 answers of a class, infinite values, an all-missing
             feature, or malformed inputs.
+        ProbeTypeError
+            X holds values that are not numbers (e.g. dicts).
         """
+        for attribute in ("n_features_in_", "feature_names_in_"):  # unfitted until it succeeds
+            self.__dict__.pop(attribute, None)
         data, n_features, names = self._check_features(X, fitting=True)
-        labels = _check_labels(y, len(data))
-        weights = _check_sample_weight(sample_weight, len(data))
+        self.classes_, self.pos_label_, labels = _check_labels(
+            y, len(data), self.pos_label, type(self).__name__
+        )
+        weights = _check_sample_weight(sample_weight, labels)
         self._fit(data, labels, _check_groups(groups, len(data)), weights)
-        self.classes_ = np.array([0, 1])
         self.n_features_in_ = n_features
         if names is not None:
             self.feature_names_in_ = names
-        elif hasattr(self, "feature_names_in_"):  # refitted on an array
-            del self.feature_names_in_
         return self
 
+    def predict_positive(self, X: Any) -> np.ndarray:
+        """P(``pos_label_``), i.e. P(correct), for every record: float64 (n,).
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n, F), or list of n arrays (T_i, F)
+            Features with the columns (names and order) seen at fit; NaN allowed.
+        """
+        check_is_fitted(self)
+        return self._predict_positive(self._check_features(X, fitting=False)[0])
+
     def predict_proba(self, X: Any) -> np.ndarray:
-        """P(incorrect) and P(correct) for every record.
+        """The probability of each class for every record.
 
         Parameters
         ----------
@@ -356,16 +525,21 @@ class Probe(ClassifierMixin, BaseEstimator):
         Returns
         -------
         proba : ndarray of float64, shape (n, 2)
-            Column 1 is P(correct); rows sum to 1.
+            Column j is P(``classes_[j]``) (for 0/1 labels, column 1 is P(correct)); rows sum
+            to 1.
         """
-        check_is_fitted(self)
-        positive = self._predict_positive(self._check_features(X, fitting=False)[0])
-        return np.column_stack([1.0 - positive, positive])
+        positive = self.predict_positive(X)
+        columns = [1.0 - positive, positive]
+        return np.column_stack(columns if self._positive_index() == 1 else columns[::-1])
 
     def predict(self, X: Any) -> np.ndarray:
-        """1 where P(correct) ≥ 0.5, else 0; shape (n,)."""
-        positive = self.predict_proba(X)[:, 1]
-        return self.classes_[(positive >= 0.5).astype(np.int64)]
+        """The more probable class of every record (ties: ``classes_[0]``); shape (n,)."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def _positive_index(self) -> int:
+        """The position of ``pos_label_`` in ``classes_``."""
+        return 1 if self.pos_label_ == self.classes_[1] else 0
 
     def _fit(
         self, X: Any, y: np.ndarray, groups: np.ndarray | None, sample_weight: np.ndarray | None
@@ -383,15 +557,25 @@ class Probe(ClassifierMixin, BaseEstimator):
         with F and the column names (None unless X is a DataFrame with string columns)."""
         if self.input_kind == "sequence":
             data, names = _to_sequences(X), None
-            n_features = data[0].shape[1] if data else 0
+            shape = data[0].shape if data else (0,)
         else:
             data, names = _table_to_array(X), _column_names(X)
-            n_features = data.shape[1]
-        if len(data) == 0 or n_features == 0:
-            raise ProbeError(f"X is empty: {len(data)} records with {n_features} features")
+            shape = data.shape
+        if len(data) == 0:
+            raise ProbeError(
+                "X is empty: found 0 sample(s) (records) while a minimum of 1 is required"
+            )
+        n_features = shape[1]
+        if n_features == 0:
+            raise ProbeError(
+                f"X is empty: 0 feature(s) (shape={shape}) while a minimum of 1 is required."
+            )
         if not fitting:
             if n_features != self.n_features_in_:
-                raise ProbeError(f"expected {self.n_features_in_} features, got {n_features}")
+                raise ProbeError(
+                    f"X has {n_features} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
             self._check_names(names)
         self._check_values(data, X, fitting=fitting)
         return data, n_features, names
@@ -468,6 +652,7 @@ class Probe(ClassifierMixin, BaseEstimator):
         directory = Path(directory)
         if not directory.is_dir():
             raise ProbeError(f"cannot save the {self.name} probe: {directory} is not a directory")
+        _json_labels(self.classes_)  # refuse unsavable labels before writing anything
         return self._write_state(directory)
 
     @classmethod
@@ -495,15 +680,18 @@ class Probe(ClassifierMixin, BaseEstimator):
             raise ProbeError(
                 f"cannot load the {cls.name} probe's state from {directory}: {exc}"
             ) from exc
-        probe.classes_ = np.array([0, 1])
         return probe
 
     def _fitted_metadata(self) -> dict[str, Any]:
-        """``n_features_in`` and ``feature_names`` (or None), for the state files."""
+        """``n_features_in``, ``feature_names`` (or None), ``classes`` and ``pos_label``, for
+        the state files."""
         names = getattr(self, "feature_names_in_", None)
+        classes = _json_labels(self.classes_)
         return {
             "n_features_in": int(self.n_features_in_),
             "feature_names": None if names is None else [str(n) for n in names],
+            "classes": classes,
+            "pos_label": classes[self._positive_index()],
         }
 
     def _restore_metadata(self, metadata: dict[str, Any]) -> None:
@@ -513,6 +701,17 @@ class Probe(ClassifierMixin, BaseEstimator):
             if names.shape != (self.n_features_in_,):
                 raise ValueError("feature_names do not match n_features_in")
             self.feature_names_in_ = names
+        # States written before labels were saved all had the labels 0 and 1.
+        classes, positive = metadata.get("classes", [0, 1]), metadata.get("pos_label", 1)
+        if len(classes) != 2 or positive not in classes:
+            raise ValueError(f"classes {classes} and pos_label {positive!r} do not match")
+        if self.pos_label is not None and self.pos_label != positive:
+            raise ValueError(
+                f"the state was fitted with pos_label={positive!r}, the parameters say "
+                f"{self.pos_label!r}"
+            )
+        self.classes_ = np.asarray(classes)
+        self.pos_label_ = self.classes_[classes.index(positive)]
 
     @classmethod
     def _state_errors(cls) -> tuple[type[Exception], ...]:

@@ -65,12 +65,15 @@ class CCPSProbe(ContrastiveProbe):
         Seed of the split, the initialisation, dropout and shuffling.
     device : str, default="cpu"
         Torch device to train and predict on (predictions are bitwise reproducible on CPU).
+    pos_label : label or None, default=None
+        The label of y meaning "answer correct" (None: ``classes_[1]``); see
+        :class:`~perturbprobe.probes.base.Probe`.
 
     Attributes
     ----------
     network_, standardiser_, contrastive_best_epoch_, classifier_best_epoch_, history_
         See :class:`~perturbprobe.probes._contrastive.ContrastiveProbe`.
-    classes_, n_features_in_, feature_names_in_
+    classes_, pos_label_, n_features_in_, feature_names_in_
         See :class:`~perturbprobe.probes.base.Probe`.
 
     Examples
@@ -103,6 +106,7 @@ class CCPSProbe(ContrastiveProbe):
         validation_fraction=0.2,
         random_state=0,
         device="cpu",
+        pos_label=None,
     ):
         self.hidden = hidden
         self.embedding_dim = embedding_dim
@@ -119,6 +123,7 @@ class CCPSProbe(ContrastiveProbe):
         self.validation_fraction = validation_fraction
         self.random_state = random_state
         self.device = device
+        self.pos_label = pos_label
 
     def _parameter_rules(self) -> list[tuple]:
         return [*super()._parameter_rules(), ("hidden", widths, WIDTHS)]
@@ -205,14 +210,14 @@ class CCPSSequenceProbe(ContrastiveProbe):
     max_length : int, default=30
         Tokens per response read by the CNN (the first ones).
     margin, batch_size, lr, weight_decay, contrastive_epochs, epochs, patience, \
-validation_fraction, random_state, device
+validation_fraction, random_state, device, pos_label
         As in :class:`CCPSProbe`.
 
     Attributes
     ----------
     network_, standardiser_, contrastive_best_epoch_, classifier_best_epoch_, history_
         See :class:`~perturbprobe.probes._contrastive.ContrastiveProbe`.
-    classes_, n_features_in_
+    classes_, pos_label_, n_features_in_
         See :class:`~perturbprobe.probes.base.Probe`.
 
     Examples
@@ -249,6 +254,7 @@ validation_fraction, random_state, device
         validation_fraction=0.2,
         random_state=0,
         device="cpu",
+        pos_label=None,
     ):
         self.channels = channels
         self.kernel_size = kernel_size
@@ -267,6 +273,7 @@ validation_fraction, random_state, device
         self.validation_fraction = validation_fraction
         self.random_state = random_state
         self.device = device
+        self.pos_label = pos_label
 
     def _parameter_rules(self) -> list[tuple]:
         return [

@@ -68,6 +68,9 @@ class LightGBMProbe(Probe):
         Seed of the validation split and of the bagging.
     n_jobs : int, default=1
         LightGBM threads.
+    pos_label : label or None, default=None
+        The label of y meaning "answer correct" (None: ``classes_[1]``); see
+        :class:`~perturbprobe.probes.base.Probe`.
 
     Attributes
     ----------
@@ -77,7 +80,7 @@ class LightGBMProbe(Probe):
         Number of boosting rounds kept (the best validation log-loss).
     feature_importances_ : pandas.Series, shape (F,)
         Total split gain per feature, indexed by feature name (or position).
-    classes_, n_features_in_, feature_names_in_
+    classes_, pos_label_, n_features_in_, feature_names_in_
         See :class:`~perturbprobe.probes.base.Probe`.
 
     Examples
@@ -108,6 +111,7 @@ class LightGBMProbe(Probe):
         early_stopping_rounds=50,
         random_state=0,
         n_jobs=1,
+        pos_label=None,
     ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -121,6 +125,7 @@ class LightGBMProbe(Probe):
         self.early_stopping_rounds = early_stopping_rounds
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.pos_label = pos_label
 
     @classmethod
     def _state_errors(cls) -> tuple[type[Exception], ...]:

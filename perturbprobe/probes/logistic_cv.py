@@ -45,7 +45,6 @@ from typing import Any, ClassVar
 import numpy as np
 from joblib import Parallel, delayed
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 from scipy.special import expit
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
@@ -54,7 +53,16 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from ..errors import PerturbprobeWarning, ProbeError
-from .base import Probe, check_parameter, derive_seed, is_int
+from .base import (
+    Probe,
+    check_parameter,
+    check_shapes,
+    derive_seed,
+    is_int,
+    read_arrays,
+    read_json,
+    write_arrays,
+)
 
 __all__ = ["DEFAULT_CS", "LogisticCVProbe", "cv_folds"]
 
@@ -226,6 +234,9 @@ class LogisticCVProbe(Probe):
         machines is also faster than one multi-threaded fit. Results do not depend on it.
     random_state : int, RandomState or None, default=0
         Seed of the fold shuffling (and of a randomised PCA).
+    pos_label : label or None, default=None
+        The label of y meaning "answer correct" (None: ``classes_[1]``); see
+        :class:`~perturbprobe.probes.base.Probe`.
 
     Attributes
     ----------
@@ -252,7 +263,7 @@ class LogisticCVProbe(Probe):
         ``medians`` (F,), ``mean`` (F,), ``scale`` (F,) and, with PCA, ``pca_mean`` (F,),
         ``pca_components`` (d, F), ``pca_scale`` (d,): what prediction applies before
         ``coef_``.
-    classes_, n_features_in_, feature_names_in_
+    classes_, pos_label_, n_features_in_, feature_names_in_
         See :class:`~perturbprobe.probes.base.Probe`.
 
     Notes
@@ -284,6 +295,7 @@ class LogisticCVProbe(Probe):
         tol=1e-4,
         n_jobs=1,
         random_state=0,
+        pos_label=None,
     ):
         self.Cs = Cs
         self.n_folds = n_folds
@@ -293,6 +305,7 @@ class LogisticCVProbe(Probe):
         self.tol = tol
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.pos_label = pos_label
 
     # -- fit ----------------------------------------------------------------------------------
 
@@ -423,14 +436,11 @@ class LogisticCVProbe(Probe):
 
     def _write_state(self, directory: Path) -> list[str]:
         arrays = {
-            **{
-                k: np.ascontiguousarray(v, dtype=np.float64)
-                for k, v in self.transform_arrays_.items()
-            },
-            "coef": np.ascontiguousarray(self.coef_, dtype=np.float64),
-            "intercept": np.array([self.intercept_], dtype=np.float64),
+            **self.transform_arrays_,
+            "coef": self.coef_,
+            "intercept": np.array([self.intercept_]),
         }
-        save_file(arrays, str(directory / _ARRAYS_FILE))
+        write_arrays(directory / _ARRAYS_FILE, arrays)
         metadata = {
             "settings": self._settings(),
             "C": self.C_,
@@ -448,14 +458,7 @@ class LogisticCVProbe(Probe):
         return [_ARRAYS_FILE, _META_FILE]
 
     def _read_state(self, directory: Path) -> None:
-        metadata = json.loads((directory / _META_FILE).read_text())
-        if not isinstance(metadata, dict):
-            raise ValueError(f"{_META_FILE} does not hold an object")
-        arrays_file = directory / _ARRAYS_FILE
-        if not arrays_file.is_file():
-            raise FileNotFoundError(f"{arrays_file} does not exist")
-        arrays = load_file(str(arrays_file))
-        self._restore_metadata(metadata)
+        metadata = read_json(directory / _META_FILE)
         if metadata["settings"] != self._settings():
             raise ValueError(
                 f"{_META_FILE} was saved with {metadata['settings']}, the parameters say "
@@ -464,10 +467,8 @@ class LogisticCVProbe(Probe):
         expected = {"medians", "mean", "scale", "coef", "intercept"}
         if self.n_components is not None:
             expected |= set(_PCA_ARRAYS)
-        if set(arrays) != expected:
-            raise ValueError(f"{_ARRAYS_FILE} holds {sorted(arrays)}, expected {sorted(expected)}")
-        if any(a.dtype != np.float64 for a in arrays.values()):
-            raise ValueError(f"{_ARRAYS_FILE} must hold float64 arrays")
+        arrays = read_arrays(directory / _ARRAYS_FILE, expected)
+        self._restore_metadata(metadata)
         F = self.n_features_in_
         d = arrays["coef"].shape[0] if arrays["coef"].ndim == 1 else -1
         shapes = {"medians": (F,), "mean": (F,), "scale": (F,), "intercept": (1,)}
@@ -475,13 +476,9 @@ class LogisticCVProbe(Probe):
             shapes["coef"] = (F,)
         else:
             shapes |= {"coef": (d,), "pca_mean": (F,), "pca_components": (d, F), "pca_scale": (d,)}
-        wrong = [
-            f"{k} {arrays[k].shape} (expected {s})"
-            for k, s in shapes.items()
-            if arrays[k].shape != s
-        ]
-        if wrong or d < 1:
-            raise ValueError(f"{_ARRAYS_FILE} does not match {F} features: {'; '.join(wrong)}")
+        check_shapes(arrays, shapes, _ARRAYS_FILE, F)
+        if d < 1:
+            raise ValueError(f"{_ARRAYS_FILE} holds no coefficients")
         self.transform_arrays_ = {k: v for k, v in arrays.items() if k not in ("coef", "intercept")}
         self.coef_ = arrays["coef"]
         self.intercept_ = float(arrays["intercept"][0])

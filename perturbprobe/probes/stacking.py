@@ -44,7 +44,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from ..errors import ProbeError
-from .base import Probe, check_parameter, derive_seed, is_int, make_probe, probe_class
+from .base import (
+    Probe,
+    check_parameter,
+    derive_seed,
+    is_int,
+    make_probe,
+    probe_class,
+    read_json,
+)
 from .logistic_cv import cv_folds
 
 __all__ = [
@@ -157,6 +165,9 @@ class StackingProbe(Probe):
         Inverse L2 strength of the meta-model.
     random_state : int, RandomState or None, default=0
         Seed of the folds and of the base probes.
+    pos_label : label or None, default=None
+        The label of y meaning "answer correct" (None: ``classes_[1]``); see
+        :class:`~perturbprobe.probes.base.Probe`.
 
     Attributes
     ----------
@@ -174,7 +185,7 @@ class StackingProbe(Probe):
     oof_predictions_ : ndarray of float64, shape (n, n_groups)
         The out-of-fold P(correct) of each base probe, the meta-model's training inputs (not
         saved).
-    classes_, n_features_in_, feature_names_in_
+    classes_, pos_label_, n_features_in_, feature_names_in_
         See :class:`~perturbprobe.probes.base.Probe`.
 
     Notes
@@ -207,6 +218,7 @@ class StackingProbe(Probe):
         n_folds=5,
         meta_C=1.0,
         random_state=0,
+        pos_label=None,
     ):
         self.column_groups = column_groups
         self.base_probes = base_probes
@@ -214,6 +226,7 @@ class StackingProbe(Probe):
         self.n_folds = n_folds
         self.meta_C = meta_C
         self.random_state = random_state
+        self.pos_label = pos_label
 
     # -- the plan: groups and their probes -----------------------------------------------------
 
@@ -292,7 +305,7 @@ class StackingProbe(Probe):
             fold_base = _with_chosen_regularisation(base, full)
             for k, (train, validation) in enumerate(folds):
                 probe = _fit_base(fold_base, columns, y, groups, sample_weight, train, f"fold {k}")
-                oof[validation, g] = probe.predict_proba(columns[validation])[:, 1]
+                oof[validation, g] = probe.predict_positive(columns[validation])
             fitted.append(full)
         meta = LogisticRegression(C=self.meta_C).fit(_logit(oof), y, sample_weight=sample_weight)
         self.base_probes_ = fitted
@@ -312,7 +325,7 @@ class StackingProbe(Probe):
         predictions, start = [], 0
         for probe in self.base_probes_:
             stop = start + probe.n_features_in_
-            predictions.append(probe.predict_proba(X[:, start:stop])[:, 1])
+            predictions.append(probe.predict_positive(X[:, start:stop]))
             start = stop
         return np.column_stack(predictions)
 
@@ -349,9 +362,7 @@ class StackingProbe(Probe):
         return [_META_FILE, *names]
 
     def _read_state(self, directory: Path) -> None:
-        metadata = json.loads((directory / _META_FILE).read_text())
-        if not isinstance(metadata, dict):
-            raise ValueError(f"{_META_FILE} does not hold an object")
+        metadata = read_json(directory / _META_FILE)
         self._restore_metadata(metadata)
         plan = self._plan(self.n_features_in_, 0)  # names and ranges; params come from the file
         entries = metadata["base_probes"]
