@@ -3,13 +3,17 @@ synthetic FeatureSets: round trips, integrity checks and every bad-input case.""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from synthetic_features import SCHEMA, TOKEN_SCHEMA, synthetic_featureset
 
 from perturbprobe.calibration.metrics import roc_auc_score
+from perturbprobe.cli import cli
 from perturbprobe.errors import BundleError, CalibrationError, ProbeError
 from perturbprobe.features import ExtractorConfig
 from perturbprobe.probes import (
@@ -273,7 +277,97 @@ def test_other_format_version_is_refused(saved):
     manifest["format_version"] = BUNDLE_FORMAT_VERSION + 1
     manifest["manifest_sha256"] = _manifest_hash(manifest)
     path.write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="format version 2"):
+    with pytest.raises(BundleError, match=rf"format version {BUNDLE_FORMAT_VERSION + 1}.*upgrade"):
+        ProbeBundle.load(saved)
+
+
+# ----------------------------------------------------------------------------- never runs code
+class _Payload:
+    """Unpickling this creates ``marker``: proof that a loader ran the bundle author's code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _rehash(path):
+    """Recompute every file hash and the manifest's own hash, as a malicious author would."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"] = {
+        f.relative_to(path).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and f.name != "manifest.json"
+    }
+    manifest["manifest_sha256"] = _manifest_hash(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def logistic_bundle(featureset):
+    return fit_bundle(featureset, probe="logistic", n_bootstrap=20)
+
+
+@pytest.mark.parametrize("version", ["current", 1])
+def test_a_crafted_pickle_bundle_is_refused_and_its_code_never_runs(
+    logistic_bundle, featureset, tmp_path, version
+):
+    """The attack of the old format: replace the logistic state by a pickle and recompute the
+    hashes (as the current format, and as a version-1 bundle). Loading is refused, through
+    the library and the CLI, and the payload never runs."""
+    path = logistic_bundle.save(tmp_path / "bundle")
+    assert sorted(p.name for p in path.iterdir() if p.name.startswith("logistic")) == [
+        "logistic.json",
+        "logistic.safetensors",
+    ]
+    marker = tmp_path / "pwned"
+    for name in ("logistic.json", "logistic.safetensors"):
+        (path / name).unlink()
+    (path / "logistic.joblib").write_bytes(pickle.dumps(_Payload(marker)))
+    manifest = _rehash(path)
+    if version == 1:
+        manifest["format_version"] = 1
+        manifest["manifest_sha256"] = _manifest_hash(manifest)
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    message = "version 1 may hold a pickle" if version == 1 else "logistic"
+    with pytest.raises(BundleError, match=message):
+        ProbeBundle.load(path)
+    features = tmp_path / "features"
+    featureset.save(features)
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--bundle", str(path), "--features", str(features)]
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "rehash", "message"),
+    [
+        (lambda p: (p / "notes.txt").write_text("x"), False, "notes.txt is not listed"),
+        (lambda p: (p / "extra").mkdir(), True, "unexpected directory extra"),
+        (lambda p: (p / "link.json").symlink_to(p / "split.json"), True, "link.json is a symbolic"),
+    ],
+)
+def test_a_bundle_must_hold_exactly_the_listed_regular_files(saved, tamper, rehash, message):
+    """A file the manifest does not list, a directory holding no listed file and a symbolic
+    link (even one the recomputed hashes cover) are refused."""
+    tamper(saved)
+    if rehash:
+        _rehash(saved)
+    with pytest.raises(BundleError, match=message):
+        ProbeBundle.load(saved)
+
+
+@pytest.mark.parametrize("name", ["../outside.json", "/etc/passwd", "a\\b.json", ".hidden", "a//b"])
+def test_unsafe_listed_names_are_refused(saved, name):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["files"][name] = "0" * 64
+    manifest["manifest_sha256"] = _manifest_hash(manifest)
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="unsafe file name"):
         ProbeBundle.load(saved)
 
 

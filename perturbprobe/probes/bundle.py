@@ -8,8 +8,11 @@ A bundle directory holds
   the calibrator, the abstention threshold (if any), a training-data summary, the held-out
   metrics, the sha256 of every other file, and ``manifest_sha256`` over the rest of the
   manifest itself;
-- the probe's state: ``logistic.joblib`` (scikit-learn), ``lightgbm.txt`` (LightGBM's own text
-  format) or ``ccps.safetensors`` + ``ccps.json`` (torch weights); written by the probe;
+- the probe's state, written by the probe as arrays and JSON, never a pickle:
+  ``logistic.safetensors`` + ``logistic.json``, ``logistic-cv.safetensors`` +
+  ``logistic-cv.json``, ``lightgbm.txt`` (LightGBM's own text format), ``ccps.safetensors`` +
+  ``ccps.json`` (torch weights), or one ``stacking-<i>/`` sub-directory per base probe of a
+  stacking probe plus ``stacking.json``;
 - ``calibrators.json``: the probe's calibrator and the baselines' calibrators (plain numbers);
 - ``split.json``: the record ids of the train / validation / test parts (and of the
   recalibration answers of a recalibrated bundle);
@@ -22,9 +25,13 @@ hash, so a corrupt or hand-edited bundle is refused. Bundles are written to a te
 sibling directory and renamed, so an interrupted save never leaves a directory that looks
 complete.
 
-.. warning::
-   ``logistic.joblib`` is a pickle: loading it runs code. Load only bundles you trust (the
-   hashes catch corruption and edits, not a malicious author).
+Loading a bundle never runs code from it. Nothing is unpickled (safetensors, ``.npy`` without
+pickle, JSON and LightGBM's text format only), and the directory must hold exactly the files
+its manifest lists: an extra file, a symbolic link, a special file or a listed name that is
+not a plain relative path (``..``, a leading ``/``, a backslash, a hidden component) is
+refused before any file is read. The hashes catch corruption and edits; these rules keep a
+malicious author's bundle inert too. Version-1 bundles (whose logistic probe was a pickle)
+are refused with a message saying how to refit.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ __all__ = ["BUNDLE_FORMAT_VERSION", "SHIFT_ALPHA", "SHIFT_FEATURES", "ProbeBundl
 
 # Bump when a reader of the previous version would misread a bundle (renamed files or keys,
 # changed meaning). New optional manifest keys do not need a bump.
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # 2: no pickle (logistic.joblib → safetensors + JSON), strict listing
 _MANIFEST = "manifest.json"
 _CALIBRATORS = "calibrators.json"
 _SPLIT = "split.json"
@@ -245,7 +252,16 @@ class ProbeBundle:
         path = Path(path)
         if path.exists() and not overwrite:
             raise BundleError(f"{path} already exists; choose another --out or pass --overwrite")
-        with atomic_directory(path) as staging:
+        try:
+            return self._write(path, overwrite)
+        except FileExistsError as exc:
+            raise BundleError(
+                f"{path} was written by another run meanwhile; choose another --out or pass "
+                "--overwrite"
+            ) from exc
+
+    def _write(self, path: Path, overwrite: bool) -> Path:
+        with atomic_directory(path, replace=overwrite) as staging:
             self.probe.save_state(staging)
             calibrators = {
                 "probe": self.calibrator.to_dict(),
@@ -292,21 +308,18 @@ class ProbeBundle:
             ) from exc
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         if version != BUNDLE_FORMAT_VERSION:
-            raise BundleError(
-                f"{path}: bundle format version {version!r}, this perturbprobe reads "
-                f"{BUNDLE_FORMAT_VERSION}; fit the probe again with this version"
-            )
+            raise BundleError(f"{path}: {_version_advice(version)}")
         if manifest.get("manifest_sha256") != _manifest_hash(manifest):
             raise BundleError(
                 f"{manifest_path} was edited after the bundle was saved (its hash does not match); "
                 "re-create the bundle with `perturbprobe fit`"
             )
-        for name, digest in manifest["files"].items():
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise BundleError(f"{path}: the manifest lists a file outside the bundle: {name}")
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            raise BundleError(f"{path}: the manifest lists no files; the bundle is corrupt")
+        _check_listing(path, files)
+        for name, digest in files.items():
             file = path / name
-            if not file.is_file():
-                raise BundleError(f"{path}: bundle file {name} is missing; the bundle is corrupt")
             if _sha256(file) != digest:
                 raise BundleError(
                     f"{path}: bundle file {name} is corrupt or was modified (sha256 mismatch); "
@@ -364,6 +377,74 @@ def _check_accuracy(value: float) -> None:
         ok = False
     if not ok:
         raise BundleError(f"target accuracy must be in (0, 1), got {value!r}")
+
+
+def _version_advice(version: Any) -> str:
+    """Why a bundle of format ``version`` cannot be read, and what to do."""
+    if version == 1:
+        return (
+            "bundle format version 1 may hold a pickle (logistic.joblib), which this "
+            "perturbprobe never loads (it could run code); fit the probe again: "
+            "`perturbprobe fit --features FEATURES_DIR --out BUNDLE_DIR`"
+        )
+    if isinstance(version, int) and version > BUNDLE_FORMAT_VERSION:
+        return (
+            f"bundle format version {version}, this perturbprobe reads "
+            f"{BUNDLE_FORMAT_VERSION}; upgrade perturbprobe"
+        )
+    return (
+        f"bundle format version {version!r}, this perturbprobe reads "
+        f"{BUNDLE_FORMAT_VERSION}; fit the probe again with this version"
+    )
+
+
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check_listing(path: Path, files: dict[str, Any]) -> None:
+    """Refuse a bundle directory that is not exactly the manifest plus the files it lists.
+
+    Listed names must be relative POSIX paths of safe components (letters, digits, ``_ . -``,
+    not starting with a dot); every entry of the directory tree must be a regular file that
+    is listed, or a real directory holding listed files. Nothing is followed through a
+    symbolic link.
+    """
+    listed = set()
+    for name in files:
+        parts = name.split("/") if isinstance(name, str) else [""]
+        if not all(_SAFE_COMPONENT.fullmatch(part) for part in parts):
+            raise BundleError(
+                f"{path}: the manifest lists an unsafe file name {name!r} (only plain relative "
+                "paths inside the bundle are allowed); the bundle is corrupt or malicious"
+            )
+        listed.add(name)
+    parents = {
+        "/".join(name.split("/")[:i]) for name in listed for i in range(1, name.count("/") + 1)
+    }
+    found = set()
+    for root, directories, names in os.walk(path):
+        here = Path(root).relative_to(path)
+        for entry in directories + names:
+            relative = (here / entry).as_posix()
+            full = Path(root) / entry
+            if full.is_symlink():
+                raise BundleError(
+                    f"{path}: {relative} is a symbolic link; bundles hold regular files only"
+                )
+            if entry in directories:
+                if relative not in parents:
+                    raise BundleError(f"{path}: unexpected directory {relative} in the bundle")
+            elif relative != _MANIFEST:
+                if relative not in listed or not full.is_file():
+                    raise BundleError(
+                        f"{path}: {relative} is not listed in the manifest; a bundle holds "
+                        "exactly the files its manifest lists (re-create it with "
+                        "`perturbprobe fit`)"
+                    )
+                found.add(relative)
+    missing = sorted(listed - found)
+    if missing:
+        raise BundleError(f"{path}: bundle file {missing[0]} is missing; the bundle is corrupt")
 
 
 def _sha256(path: Path) -> str:
