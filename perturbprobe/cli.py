@@ -137,8 +137,10 @@ def collect(
 ):
     """Answer a dataset with the LLM, grade the answers, write records (JSONL)."""
     from . import data
+    from ._io import check_writable
 
     examples = data.load_dataset(dataset, format=fmt, limit=limit)
+    check_writable(out)  # before the work, not after it
     llm = None if source == "gold" else _load(model, dtype, device)
     records = data.collect(
         llm,
@@ -214,6 +216,7 @@ def extract(
     out,
 ):
     """Compute features for records: one teacher-forced pass per batch, every family."""
+    from ._io import check_writable
     from .data import read_records
     from .features import ExtractorConfig
     from .features import extract as run_extract
@@ -222,6 +225,7 @@ def extract(
     config = ExtractorConfig.create(families, overrides)  # fail on bad options before loading
     if out.exists() and not overwrite:
         raise ExtractionError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_writable(out)
     llm = _load(model, dtype, device)
     featureset = run_extract(
         llm,
@@ -319,6 +323,7 @@ def fit(
     out,
 ):
     """Fit a probe and a calibrator on held-out questions; save a bundle with its report."""
+    from ._io import check_writable
     from .features import FeatureSet
     from .probes import fit_bundle, llm_slug
     from .probes.fitting import TEACHER_FORCED_WEIGHT
@@ -327,6 +332,7 @@ def fit(
     out = out or Path("models") / llm_slug(featureset.manifest["llm"]["name"]) / probe
     if out.exists() and not overwrite:
         raise ProbeError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_writable(out)
     bundle = fit_bundle(
         featureset,
         probe=probe,

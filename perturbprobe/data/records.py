@@ -104,20 +104,30 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     if not path.is_file():
         raise DatasetError(f"records file {path} does not exist; create it with `collect`")
     records = []
-    seen: set[str] = set()
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    seen: dict[str, int] = {}  # record id -> line number
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path} line {number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is fine
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"{where}: not UTF-8 text (byte {raw[exc.start]:#04x} at position "
+                    f"{exc.start + 1}); records files are UTF-8 JSON lines"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path} line {number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{where}: invalid JSON ({exc.msg})") from exc
             record = Record.from_dict(row, where)
             if record.id in seen:
-                raise DatasetError(f"{where}: duplicate record id {record.id!r}")
-            seen.add(record.id)
+                raise DatasetError(
+                    f"{where}: duplicate record id {record.id!r} (first at line "
+                    f"{seen[record.id]}); record ids must be unique"
+                )
+            seen[record.id] = number
             records.append(record)
     if not records:
         raise DatasetError(f"records file {path} is empty")

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._io import atomic_directory
+from .._version import __version__
 from ..errors import ExtractionError
 
 __all__ = ["FORMAT_VERSION", "FeatureSet"]
@@ -259,13 +260,19 @@ class FeatureSet:
         path = Path(path)
         if path.exists() and not overwrite:
             raise ExtractionError(f"{path} already exists; choose another --out or remove it")
-        with atomic_directory(path) as staging:
-            self.features.to_parquet(staging / "features.parquet", index=False)
-            self.tokens.to_parquet(staging / "tokens.parquet", index=False)
-            for name, block in self.blocks.items():
-                np.save(staging / f"{name}.npy", np.ascontiguousarray(block), allow_pickle=False)
-            text = json.dumps(self.manifest, indent=2, ensure_ascii=False)
-            (staging / "manifest.json").write_text(text, encoding="utf-8")
+        try:
+            with atomic_directory(path, replace=overwrite) as staging:
+                self.features.to_parquet(staging / "features.parquet", index=False)
+                self.tokens.to_parquet(staging / "tokens.parquet", index=False)
+                for name, block in self.blocks.items():
+                    array = np.ascontiguousarray(block)
+                    np.save(staging / f"{name}.npy", array, allow_pickle=False)
+                text = json.dumps(self.manifest, indent=2, ensure_ascii=False)
+                (staging / "manifest.json").write_text(text, encoding="utf-8")
+        except FileExistsError:  # another run wrote ``path`` while this one was working
+            raise ExtractionError(
+                f"{path} was written by another run meanwhile; choose another --out or remove it"
+            ) from None
         return path
 
     @classmethod
@@ -289,15 +296,19 @@ class FeatureSet:
             raise ExtractionError(f"{path}: unreadable FeatureSet ({exc})") from exc
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         if version not in _READABLE_VERSIONS:
+            newer = isinstance(version, int) and version > max(_READABLE_VERSIONS)
             raise ExtractionError(
-                f"{path}: FeatureSet format version {version!r}, this perturbprobe reads "
-                f"{', '.join(map(str, _READABLE_VERSIONS))}; extract the features again"
+                f"{path}: FeatureSet format version {version!r}, this perturbprobe "
+                f"({__version__}) reads {', '.join(map(str, _READABLE_VERSIONS))}; "
+                + ("upgrade perturbprobe" if newer else "extract the features again")
             )
-        expected = _ID_COLUMNS + list(manifest["schema"])
-        if list(features.columns) != expected:
-            raise ExtractionError(f"{path}: features.parquet columns do not match the manifest")
-        if list(tokens.columns) != _TOKEN_ID_COLUMNS + list(manifest["token_schema"]):
-            raise ExtractionError(f"{path}: tokens.parquet columns do not match the manifest")
+        for key in ("schema", "token_schema", "config", "llm"):
+            if key not in manifest:
+                raise ExtractionError(
+                    f"{path}: manifest.json has no {key!r}; the FeatureSet is corrupt"
+                )
+        _check_columns(path, "features.parquet", features, _ID_COLUMNS + manifest["schema"])
+        _check_columns(path, "tokens.parquet", tokens, _TOKEN_ID_COLUMNS + manifest["token_schema"])
         features["label"] = features["label"].astype("Int64")
         blocks = {}
         for name, layout in manifest.get("blocks", {}).items():
@@ -311,3 +322,22 @@ class FeatureSet:
                     f"({len(features)}, {layout.get('columns')}); the FeatureSet is corrupt"
                 )
         return cls(features=features, tokens=tokens, manifest=manifest, blocks=blocks)
+
+
+def _check_columns(path: Path, name: str, frame: pd.DataFrame, expected: list[str]) -> None:
+    """Refuse a Parquet file whose columns differ from the manifest's, naming the first few."""
+    columns = list(frame.columns)
+    if columns == expected:
+        return
+    details, present, wanted = [], set(columns), set(expected)
+    missing = [c for c in expected if c not in present]
+    if missing:
+        details.append("missing " + ", ".join(map(repr, missing[:3])))
+    extra = [c for c in columns if c not in wanted]
+    if extra:
+        details.append("unexpected " + ", ".join(map(repr, extra[:3])))
+    detail = "; ".join(details) or "same columns in another order"
+    raise ExtractionError(
+        f"{path}: {name} columns do not match the manifest ({detail}); the FeatureSet is "
+        "corrupt: extract the features again"
+    )
