@@ -23,6 +23,7 @@ from scipy.special import rel_entr
 from scipy.stats import entropy as scipy_entropy
 from tiny_models import make_tiny_llm
 
+from perturbprobe._numerics import FLOAT32_NOISE
 from perturbprobe.data import Record
 from perturbprobe.features import CCPS, CCPSConfig, PassBatch, extract
 from perturbprobe.features.distributions import (
@@ -355,6 +356,9 @@ def test_response_aggregates_match_numpy_on_token_table(extracted, arch):
                 message = f"{record.id} {column}:{agg}: {got} vs {expected}"
                 if agg in ("first", "last", "min", "max"):
                     assert got == expected, message  # a selection: exact
+                elif agg == "std" and got == 0.0:
+                    # A spread float32 cannot resolve is reported as 0 (resolved_std).
+                    assert expected <= FLOAT32_NOISE * np.abs(values).max() + 4e-7 * scale, message
                 else:
                     # Both sides start from the same float32 token values; the engine
                     # aggregates in float32 (sums of ≤ 18 values: a few ulps of the column's

@@ -744,3 +744,20 @@ def test_featuresets_of_the_same_records_join(tmp_path):
     other_llm = extract(make_tiny_llm("qwen2"), records, families="ccps", progress=False)
     with pytest.raises(ExtractionError, match="different LLMs"):
         first.join(other_llm)
+
+
+def test_spreads_float32_cannot_resolve_are_reported_as_zero():
+    """std over a few ulps of noise (a column constant by construction) is 0, so it does not
+    depend on the batch; a spread float32 resolves is kept as computed."""
+    from perturbprobe._numerics import FLOAT32_NOISE, resolved_std
+
+    ulp = float(np.spacing(np.float32(20.0)))
+    noise = torch.tensor([20.0, 20.0 + ulp, 20.0 - ulp, 20.0 + 2 * ulp])
+    real = torch.tensor([20.0, 20.001, 19.999, 20.002])
+    for values, expect_zero in ((noise, True), (real, False)):
+        std = values.std(correction=0)
+        got = resolved_std(std, values.abs().max())
+        assert (got == 0) == expect_zero
+        if not expect_zero:
+            assert got == std
+    assert 8 * ulp <= FLOAT32_NOISE * 20.0 <= 16 * ulp  # the threshold: 8 to 16 ulps

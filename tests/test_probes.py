@@ -708,7 +708,7 @@ def test_standardisers_use_nan_aware_training_statistics(fitted):
     s = Standardiser.fit(rows)
     np.testing.assert_array_equal(s.median, [3.0, 5.0])
     np.testing.assert_allclose(s.mean, [4.0, 5.0])
-    np.testing.assert_allclose(s.scale, [np.std([1.0, 3.0, 8.0]), 1e-6])  # floored
+    np.testing.assert_allclose(s.scale, [np.std([1.0, 3.0, 8.0]), 5.0])  # constant: magnitude
     expected = (np.array([3.0, 5.0]) - s.mean) / s.scale
     np.testing.assert_allclose(s.transform(rows)[1], expected.astype(np.float32))
     # The sequence probe's statistics cover exactly the tokens it reads (mask-aware).
@@ -716,6 +716,27 @@ def test_standardisers_use_nan_aware_training_statistics(fitted):
     used = np.concatenate([x[: probe.max_length] for x in SEQ_TRAIN[0]])
     np.testing.assert_allclose(probe.standardiser_.mean, used.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(probe.standardiser_.scale, used.std(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["logistic", "logistic-cv", "lightgbm", "ccps"])
+def test_float32_rounding_noise_carries_no_weight(name):
+    """A column constant up to float32 rounding (like ccps/l2_dist_hidden_max, the radius by
+    construction) whose last-place noise happens to separate the training labels: the fitted
+    probe must not read it, so an answer's confidence does not depend on the batch it was
+    scored in. Before, the logistic probe standardised that noise into its strongest feature."""
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 2, n)
+    signal = y + rng.normal(0, 1.5, n)  # a weak real feature
+    ulp = np.spacing(np.float32(20.0))
+    noisy = np.float32(20.0) + ulp * np.where(y == 1, 2, -2)  # 2 ulps, labels in the noise
+    X = pd.DataFrame({"signal": signal, "radius": noisy.astype(np.float64)})
+    groups = np.arange(n) // 2
+    probe = make_probe(name, **FAST[name]).fit(X, y, groups=groups)
+    other_batch = X.assign(radius=np.float64(np.float32(20.0)))  # the same answers, noise gone
+    np.testing.assert_allclose(
+        probe.predict_proba(other_batch)[:, 1], probe.predict_proba(X)[:, 1], atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", TORCH)

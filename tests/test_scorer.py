@@ -126,6 +126,21 @@ def test_invalid_pairs_are_reported_and_the_rest_scored(llm, bundle_dir):
     assert list(nothing.errors) == [0] and np.isnan(nothing.confidence).all()
 
 
+def test_confidence_does_not_depend_on_the_batch(llm, bundle_dir):
+    """The same answers scored all at once, in threes and one by one: float32 rounding moves
+    features by a few ulps between batchings, and the probe must not amplify that (before,
+    features constant up to rounding made confidences differ by up to 0.18)."""
+    scorer = Scorer.load(bundle_dir, llm=llm)
+    words = ["red", "blue", "green", "pink"] * 6
+    pairs = [{"question": f"Say {w} {i}.", "response": f"{w} " * (1 + i % 5)} for i, w in
+             enumerate(words)]  # fmt: skip
+    together = scorer.score(pairs).confidence
+    threes = np.concatenate([scorer.score(pairs[i : i + 3]).confidence for i in range(0, 24, 3)])
+    alone = np.array([scorer.confidence(p["question"], p["response"]) for p in pairs])
+    np.testing.assert_allclose(threes, together, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(alone, together, rtol=0, atol=1e-4)
+
+
 def test_concurrent_calls_give_the_sequential_results(llm, bundle_dir):
     scorer = Scorer.load(bundle_dir, llm=llm)
     pairs = [(p.get("question") or p["messages"], p["response"]) for p in PAIRS] * 3

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .._numerics import resolved_std
 from ..llm import Head
 from .distributions import logit_summary
 
@@ -252,7 +253,8 @@ def aggregate_tokens(batch: PassBatch, values: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     Tensor (B, F · 6)
-        For each feature in order, its ``mean, std, min, max, first, last`` (population std).
+        For each feature in order, its ``mean, std, min, max, first, last`` (population std;
+        a spread float32 cannot resolve is 0, see :func:`perturbprobe._numerics.resolved_std`).
     """
     mask = batch.mask[..., None]  # (B, T, 1)
     padded = batch.padded(values)  # (B, T, F)
@@ -261,6 +263,7 @@ def aggregate_tokens(batch: PassBatch, values: torch.Tensor) -> torch.Tensor:
     std = (((padded - mean[:, None]) ** 2) * mask).sum(dim=1).div(count).sqrt()
     low = padded.masked_fill(~mask, torch.inf).amin(dim=1)
     high = padded.masked_fill(~mask, -torch.inf).amax(dim=1)
+    std = resolved_std(std, torch.maximum(low.abs(), high.abs()))
     first = padded[:, 0]
     last = padded[torch.arange(batch.num_pairs), batch.lengths - 1]
     stacked = torch.stack([mean, std, low, high, first, last], dim=-1)  # (B, F, 6)

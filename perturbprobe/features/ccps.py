@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._numerics import resolved_std
 from ..errors import ExtractionError
 from ..llm import Head
 from .base import FamilyOutput, FeatureFamily, PassBatch
@@ -194,6 +195,11 @@ class CCPS(FeatureFamily):
         spread[:, complemented] = torch.where(  # std(p) = std(1 − p); take the smaller one
             near_one, complements.std(dim=1, correction=0), spread[:, complemented]
         )
+        magnitude = steps.abs().amax(dim=1)
+        magnitude[:, complemented] = torch.where(
+            near_one, complements.abs().amax(dim=1), magnitude[:, complemented]
+        )
+        spread = resolved_std(spread, magnitude)
         summaries = torch.stack(
             [steps.amin(dim=1), steps.amax(dim=1), steps.mean(dim=1), spread], dim=2
         )  # (n, 15, 4)

@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ProbeError
+from ._scaling import standardisation_scale
 from .base import Probe, check_parameter, derive_seed, is_int, validation_split
 
 __all__ = [
@@ -75,7 +76,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
-_STD_FLOOR = 1e-6
 _PREDICT_CHUNK = 1024  # rows per forward pass at predict time
 _WEIGHTS_FILE = "ccps.safetensors"
 _META_FILE = "ccps.json"
@@ -129,7 +129,8 @@ class Standardiser:
     Attributes
     ----------
     median, mean, scale : ndarray of float64, shape (F,)
-        Computed over training rows ignoring NaN; ``scale`` = population std floored at 1e-6.
+        Computed over training rows ignoring NaN; ``scale`` = population std, or the
+        magnitude of a column constant up to float32 rounding (:mod:`._scaling`).
     """
 
     median: np.ndarray
@@ -148,9 +149,9 @@ class Standardiser:
                 f"features {empty[:5].tolist()} have no value in the training data the probe "
                 "sees; drop them"
             )
-        return cls(
-            median, np.nanmean(rows, axis=0), np.maximum(np.nanstd(rows, axis=0), _STD_FLOOR)
-        )
+        filled = np.where(np.isnan(rows), median, rows)
+        std = np.nanstd(rows, axis=0)
+        return cls(median, np.nanmean(rows, axis=0), standardisation_scale(filled, std))
 
     def transform(self, rows: np.ndarray) -> np.ndarray:
         """Standardised float32 copy of ``rows`` (m, F)."""

@@ -31,6 +31,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from ._scaling import noise_constant
 from .base import Probe, check_parameter, derive_seed, is_int, validation_split
 
 __all__ = ["LightGBMProbe"]
@@ -138,6 +139,12 @@ class LightGBMProbe(Probe):
         check_parameter(self, "early_stopping_rounds", lambda v: is_int(v, 1), "an int >= 1")
         seed = derive_seed(self.random_state)
         train, validation = validation_split(y, groups, self.validation_fraction, seed)
+        # A column constant up to float32 rounding is made exactly constant, so no tree splits
+        # on noise that depends on which batch an answer was scored in (see ._scaling).
+        constant = noise_constant(X)
+        if constant.any():
+            X = X.copy()
+            X[:, constant] = np.nanmedian(X[:, constant], axis=0)
         params = {
             "objective": "binary",
             "metric": "binary_logloss",

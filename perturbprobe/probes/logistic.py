@@ -30,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import ProbeError
+from ._scaling import standardisation_scale
 from .base import Probe, check_shapes, read_arrays, read_json, write_arrays
 
 __all__ = ["LogisticProbe"]
@@ -82,7 +83,8 @@ class LogisticProbe(Probe):
     Attributes
     ----------
     medians_, mean_, scale_ : ndarray of float64, shape (F,)
-        Imputation values and standardisation (constant features get ``scale_`` 1).
+        Imputation values and standardisation; a feature constant up to float32 rounding
+        gets its magnitude as ``scale_`` (see :mod:`perturbprobe.probes._scaling`).
     coef_ : ndarray of float64, shape (F,)
         Coefficients on the standardised features.
     intercept_ : float
@@ -131,6 +133,7 @@ class LogisticProbe(Probe):
         medians = _weighted_nan_median(X, sample_weight)
         filled = np.where(np.isnan(X), medians, X)
         scaler = StandardScaler().fit(filled, sample_weight=sample_weight)
+        scaler.scale_ = standardisation_scale(filled, np.sqrt(scaler.var_))
         model = LogisticRegression(
             C=self.C,
             class_weight=self._encoded_class_weight(),
@@ -140,7 +143,7 @@ class LogisticProbe(Probe):
         ).fit(scaler.transform(filled), y, sample_weight=sample_weight)
         self.medians_ = medians
         self.mean_ = np.asarray(scaler.mean_, dtype=np.float64)
-        self.scale_ = np.asarray(scaler.scale_, dtype=np.float64)
+        self.scale_ = scaler.scale_
         self.coef_ = np.asarray(model.coef_[0], dtype=np.float64)
         self.intercept_ = float(model.intercept_[0])
         self.n_iter_ = np.asarray(model.n_iter_, dtype=np.int32)

@@ -53,6 +53,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from ..errors import PerturbprobeWarning, ProbeError
+from ._scaling import standardisation_scale
 from .base import (
     Probe,
     check_parameter,
@@ -172,8 +173,7 @@ class _Transform:
         medians = _nan_median(X)
         filled = np.where(np.isnan(X), medians, X)
         mean = filled.mean(axis=0)
-        scale = filled.std(axis=0)
-        scale[filled.max(axis=0) == filled.min(axis=0)] = 1.0  # constant: only centred
+        scale = standardisation_scale(filled, filled.std(axis=0))
         arrays = {"medians": medians, "mean": mean, "scale": scale}
         if n_components is not None:
             standardised = (filled - arrays["mean"]) / arrays["scale"]
