@@ -476,6 +476,151 @@ def score(
 
 @cli.command()
 @_common_model_options
+@_BUNDLE_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most pairs merged into one extraction batch.",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="How long a batch waits for more pairs after its oldest one arrived.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Most pairs waiting; beyond, requests get 503 with Retry-After.",
+)
+@click.option(
+    "--max-pairs",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Most pairs per request.",
+)
+@click.option(
+    "--max-response-chars",
+    type=click.IntRange(min=1),
+    default=16_000,
+    show_default=True,
+    help="Longest response accepted, in characters.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=2_000_000,
+    show_default=True,
+    help="Largest request body.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a request may wait for its results (504).",
+)
+@click.option(
+    "--api-key-env",
+    metavar="VAR",
+    default=None,
+    help="Require 'Authorization: Bearer <key>' on /v1/* and /metrics, the key read from "
+    "environment variable VAR.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Pairs per teacher-forced pass inside a batch (memory).",
+)
+@click.option(
+    "--allow-llm-mismatch",
+    is_flag=True,
+    help="Serve even if the LLM differs from the one the probe was fitted on.",
+)
+@click.option(
+    "--target-accuracy",
+    type=float,
+    default=None,
+    help="The LLM's known accuracy on the traffic (prior-shift correction).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="One log line per request (method, path, status; never the body).",
+)
+@click.pass_obj
+def serve(
+    obj,
+    model,
+    device,
+    dtype,
+    bundle,
+    host,
+    port,
+    api_key_env,
+    batch_size,
+    allow_llm_mismatch,
+    target_accuracy,
+    access_log,
+    **limits,
+):
+    """Serve a saved bundle over HTTP: POST /v1/score, /healthz, /readyz, /metrics, /docs.
+
+    \b
+    Pairs of concurrent requests are merged into one extraction batch. Stop with SIGTERM or
+    Ctrl-C: requests in flight are answered first, then the process exits 0.
+    """
+    import os
+
+    from .probes import ProbeBundle, Scorer
+    from .serve import ServeSettings, create_app
+    from .serve import serve as run_server
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key:
+            raise PerturbprobeError(
+                f"--api-key-env {api_key_env}: that environment variable is unset or empty"
+            )
+    try:
+        settings = ServeSettings(api_key=api_key, **limits)
+    except ValueError as exc:
+        raise PerturbprobeError(str(exc)) from exc
+    probe_bundle = ProbeBundle.load(bundle)  # verify before loading the LLM
+    scorer = Scorer(
+        probe_bundle,
+        _load(model, dtype, device),
+        allow_llm_mismatch=allow_llm_mismatch,
+        batch_size=batch_size,
+        target_accuracy=target_accuracy,
+    )
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s without an API key: anyone who reaches it can score", host)
+    logger.info("serving %r on http://%s:%d", probe_bundle, host, port)
+    run_server(
+        create_app(scorer, settings),
+        host=host,
+        port=port,
+        drain_timeout=settings.request_timeout + 5,
+        log_level="info" if obj["progress"] else "warning",
+        access_log=access_log,
+    )
+
+
+@cli.command()
+@_common_model_options
 @click.option(
     "--input",
     "-i",

@@ -182,9 +182,14 @@ class ProbeBundle:
     def check_shift(self, featureset: FeatureSet, raw: np.ndarray) -> ShiftCheck | None:
         """Whether a batch of inputs looks unlike the training data (None without a
         reference); ``raw`` is the probe's raw score of each record of ``featureset``."""
+        return self.check_shift_values(self.shift_values(featureset, raw))
+
+    def check_shift_values(self, values: dict[str, np.ndarray]) -> ShiftCheck | None:
+        """:meth:`check_shift` on precomputed :meth:`shift_values` (each (n,)), e.g. of a
+        subset of the scored pairs; None without a reference."""
         if self.shift_reference is None:
             return None
-        return self.shift_reference.check(self.shift_values(featureset, raw), alpha=SHIFT_ALPHA)
+        return self.shift_reference.check(values, alpha=SHIFT_ALPHA)
 
     def recalibrate(self, featureset: FeatureSet, **kwargs) -> ProbeBundle:
         """A copy with the calibrator (and abstention threshold) refitted on labelled answers

@@ -56,12 +56,17 @@ class Scores:
     shift : ShiftCheck or None
         Whether the scored pairs, as a batch, look unlike the probe's training data (None
         when the bundle has no shift reference or nothing was scored).
+    shift_values : dict of str to float array (n,), or None
+        What the shift check reads, per pair (NaN for pairs that could not be scored), so a
+        subset of the pairs can be checked on its own with
+        :meth:`ProbeBundle.check_shift_values`; None when the bundle has no shift reference.
     """
 
     confidence: np.ndarray
     abstain: np.ndarray | None
     errors: dict[int, str]
     shift: ShiftCheck | None = None
+    shift_values: dict[str, np.ndarray] | None = None
 
 
 class Scorer:
@@ -154,14 +159,21 @@ class Scorer:
         confidence = np.full(len(pairs), np.nan)
         with self._lock:
             featureset = self._extract(records, errors, progress)
-        shift = None
+        shift = shift_values = None
         if featureset is not None:
             raw = self.bundle.predict_raw(featureset, allow_llm_mismatch=self.allow_llm_mismatch)
             values = self.bundle.calibrator.transform(raw)
             if self.target_accuracy is not None:
                 values = self.bundle.adjust_to_accuracy(values, self.target_accuracy)
-            confidence[np.asarray(featureset.record_ids, dtype=np.int64)] = values
-            shift = self.bundle.check_shift(featureset, raw)
+            positions = np.asarray(featureset.record_ids, dtype=np.int64)
+            confidence[positions] = values
+            if self.bundle.shift_reference is not None:
+                scored_values = self.bundle.shift_values(featureset, raw)
+                shift = self.bundle.check_shift_values(scored_values)
+                shift_values = {}
+                for name, column in scored_values.items():
+                    shift_values[name] = np.full(len(pairs), np.nan)
+                    shift_values[name][positions] = column
             if shift is not None and shift.shifted:
                 logger.warning("%s", shift.message())
         abstain = None
@@ -174,6 +186,7 @@ class Scorer:
             abstain=abstain,
             errors=dict(sorted(errors.items())),
             shift=shift,
+            shift_values=shift_values,
         )
 
     def _extract(self, records: list[Record], errors: dict[int, str], progress: bool):
