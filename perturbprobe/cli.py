@@ -141,7 +141,8 @@ def collect(
 
     examples = data.load_dataset(dataset, format=fmt, limit=limit)
     check_writable(out)  # before the work, not after it
-    llm = None if source == "gold" else _load(model, dtype, device)
+    group = _process_group(obj)
+    llm = None if source == "gold" else _load(model, dtype, device, group)
     records = data.collect(
         llm,
         examples,
@@ -150,7 +151,10 @@ def collect(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=obj["progress"],
+        group=group,
     )
+    if group is not None and not group.is_root:
+        return  # rank 0 writes
     data.write_records(out, records)
     _print_accuracy(data.accuracy_table(records), title=f"{examples.name}: {len(records)} records")
     click.echo(f"records written to {out}")
@@ -226,7 +230,8 @@ def extract(
     if out.exists() and not overwrite:
         raise ExtractionError(f"{out} already exists; choose another --out or pass --overwrite")
     check_writable(out)
-    llm = _load(model, dtype, device)
+    group = _process_group(obj)
+    llm = _load(model, dtype, device, group)
     featureset = run_extract(
         llm,
         items,
@@ -235,7 +240,10 @@ def extract(
         skip_invalid=skip_invalid,
         memory_mb=memory_mb,
         progress=obj["progress"],
+        group=group,
     )
+    if featureset is None:
+        return  # not rank 0: rank 0 writes
     featureset.save(out, overwrite=overwrite)
     counts = featureset.manifest["counts"]
     click.echo(
@@ -457,14 +465,19 @@ def score(
     probe_bundle = ProbeBundle.load(bundle)  # verify before loading the LLM
     if target_accuracy is not None:
         probe_bundle.adjust_to_accuracy(np.array([0.5]), target_accuracy)  # fail early
+    group = _process_group(obj)
     scorer = Scorer(
         probe_bundle,
-        _load(model, dtype, device),
+        _load(model, dtype, device, group),
         allow_llm_mismatch=allow_llm_mismatch,
         batch_size=batch_size,
         target_accuracy=target_accuracy,
+        group=group,
     )
-    errors, shift = score_file(scorer, input_path, out, progress=obj["progress"])
+    outcome = score_file(scorer, input_path, out, progress=obj["progress"])
+    if outcome is None:
+        return  # not rank 0: rank 0 writes
+    errors, shift = outcome
     if shift is not None and not shift.shifted:
         click.echo(f"shift check: {shift.message()}", err=True)
     for number, reason in list(errors.items())[:20]:
@@ -884,10 +897,25 @@ def recalibrate(
     click.echo(f"bundle written to {out}")
 
 
-def _load(model: str, dtype: str, device: str | None):
+def _process_group(obj):
+    """The torchrun job this command runs in (None outside one); ranks other than 0 show no
+    progress bars or info logs."""
+    from .distributed import process_group
+
+    group = process_group()
+    if group is not None and not group.is_root:
+        obj["progress"] = False
+        logging.getLogger().setLevel(logging.WARNING)
+    return group
+
+
+def _load(model: str, dtype: str, device: str | None, group=None):
     from transformers.utils import logging as transformers_logging
 
     from .llm import load_llm
+
+    if device is None and group is not None:
+        device = str(group.device())  # cuda:LOCAL_RANK, or the CPU
 
     transformers_logging.disable_progress_bar()  # our own bars show the work that matters
     logger.info("loading %s", model)

@@ -10,6 +10,7 @@ Two sources:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -18,6 +19,9 @@ from ..llm import LLM
 from .generation import generate_responses
 from .graders import Grader, grader_name_for, resolve_grader
 from .records import Record
+
+if TYPE_CHECKING:
+    from ..distributed import ProcessGroup
 from .schema import Example
 
 __all__ = ["COLLECT_SOURCES", "accuracy_table", "collect"]
@@ -34,6 +38,7 @@ def collect(
     max_new_tokens: int = 32,
     batch_size: int = 16,
     progress: bool = True,
+    group: ProcessGroup | None = None,
 ) -> list[Record]:
     """Answer and grade every example of ``dataset``.
 
@@ -50,6 +55,9 @@ def collect(
         Generation settings.
     progress : bool
         Show a progress bar.
+    group : ProcessGroup, optional
+        Under torchrun: the generation is sharded over the ranks; every rank returns all
+        records (:mod:`perturbprobe.distributed`).
 
     Returns
     -------
@@ -71,6 +79,7 @@ def collect(
         batch_size=batch_size,
         progress=progress,
         names=[f"question {example.id!r}" for example in dataset],
+        group=group,
     )
     records = []
     for example, response in zip(dataset, responses, strict=True):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import PairEncodingError
 from ..llm import LLM
+
+if TYPE_CHECKING:
+    from ..distributed import ProcessGroup
 
 __all__ = ["generate_responses"]
 
@@ -24,6 +28,7 @@ def generate_responses(
     batch_size: int = 16,
     progress: bool = True,
     names: Sequence[str] | None = None,
+    group: ProcessGroup | None = None,
 ) -> list[str]:
     """Greedy answers to chat prompts, in the order given.
 
@@ -41,6 +46,9 @@ def generate_responses(
         Show a progress bar over prompts.
     names : sequence of str, optional
         Names of the prompts for error messages (e.g. question ids).
+    group : ProcessGroup, optional
+        Under torchrun: each rank generates its share of the batches and every rank gets
+        all the answers (:mod:`perturbprobe.distributed`).
 
     Returns
     -------
@@ -69,23 +77,34 @@ def generate_responses(
         pad_token_id=llm.pad_id,
     )
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    answers: list[str] = [""] * len(encoded)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if group is not None:  # whole batches per rank: every answer generated as in one process
+        batches = group.shard(batches, cost=lambda index: len(encoded[index]) + max_new_tokens)
+    answers: dict[int, str] = {}
     stop = set(llm.end_of_turn_ids)
-    bar = tqdm(total=len(encoded), desc="generating", unit="q", disable=not progress)
-    with torch.no_grad(), bar:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            input_ids, attention_mask = llm.pad([encoded[i] for i in rows], side="left")
-            width = input_ids.shape[1]
-            output = llm.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-            )
-            for row, index in enumerate(rows):
-                new_tokens = output[row, width:].tolist()
-                end = next((k for k, t in enumerate(new_tokens) if t in stop), len(new_tokens))
-                text = llm.tokenizer.decode(new_tokens[:end], skip_special_tokens=True)
-                answers[index] = text.strip()
-            bar.update(len(rows))
-    return answers
+
+    def run_batches() -> None:
+        total = sum(map(len, batches))
+        bar = tqdm(total=total, desc="generating", unit="q", disable=not progress)
+        with torch.no_grad(), bar:
+            for rows in batches:
+                input_ids, attention_mask = llm.pad([encoded[i] for i in rows], side="left")
+                width = input_ids.shape[1]
+                output = llm.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=config,
+                )
+                for row, index in enumerate(rows):
+                    new_tokens = output[row, width:].tolist()
+                    end = next((k for k, t in enumerate(new_tokens) if t in stop), len(new_tokens))
+                    text = llm.tokenizer.decode(new_tokens[:end], skip_special_tokens=True)
+                    answers[index] = text.strip()
+                bar.update(len(rows))
+
+    if group is None:
+        run_batches()
+    else:
+        group.run(run_batches)
+        answers = group.all_gather(answers)
+    return [answers[index] for index in range(len(encoded))]

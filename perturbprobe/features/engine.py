@@ -41,6 +41,7 @@ import datetime as _dt
 import functools
 import logging
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,9 @@ from .config import ExtractorConfig
 from .embedding_pass import EmbeddingPass, GradientRequest
 from .featureset import FORMAT_VERSION, FeatureSet
 from .paraphrase_pass import ParaphrasePass, paraphrased_pairs
+
+if TYPE_CHECKING:
+    from ..distributed import ProcessGroup
 
 __all__ = ["extract"]
 
@@ -80,7 +84,8 @@ def extract(
     skip_invalid: bool = False,
     memory_mb: float = 256.0,
     progress: bool = True,
-) -> FeatureSet:
+    group: ProcessGroup | None = None,
+) -> FeatureSet | None:
     """Extract features for ``records`` with one teacher-forced pass per batch.
 
     Parameters
@@ -104,10 +109,14 @@ def extract(
         in chunks that fit. Results do not depend on it.
     progress : bool
         Show a progress bar over records.
+    group : ProcessGroup, optional
+        Run data-parallel under torchrun (:func:`perturbprobe.distributed.process_group`):
+        each rank extracts its share of the batches; rank 0 returns the whole FeatureSet,
+        the same as one process would, and the other ranks return None.
 
     Returns
     -------
-    FeatureSet
+    FeatureSet (None on ranks other than 0 of a ``group``)
 
     Raises
     ------
@@ -151,35 +160,43 @@ def extract(
     layouts = {name: layout for name, layout in layouts.items() if layout is not None}
 
     order = sorted(pairs, key=lambda index: -len(pairs[index].input_ids))
-    response_rows: dict[int, np.ndarray] = {}
-    token_rows: dict[int, np.ndarray] = {}
-    block_rows: dict[str, dict[int, np.ndarray]] = {name: {} for name in layouts}
-    bar = tqdm(total=len(order), desc="extracting", unit="rec", disable=not progress)
-    with bar:
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            batch = _run_pass(
-                llm, head, [pairs[i] for i in indices], chunk_tokens, request, keep_states
-            )
-            if paraphrases is not None:
-                batch.paraphrases = ParaphrasePass.run(
-                    llm, [paraphrases[i] for i in indices], batch.lengths
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if group is not None:  # whole batches per rank: every row computed as in one process
+        batches = group.shard(batches, cost=lambda index: len(pairs[index].input_ids))
+    rows: dict[int, tuple] = {}  # record index → (response row, token rows, {block: row})
+
+    def run_batches() -> None:
+        total = sum(map(len, batches))
+        with tqdm(total=total, desc="extracting", unit="rec", disable=not progress) as bar:
+            for indices in batches:
+                batch = _run_pass(
+                    llm, head, [pairs[i] for i in indices], chunk_tokens, request, keep_states
                 )
-            tokens, responses, blocks = _compute_families(family_objects, batch)
-            per_pair_tokens = torch.split(tokens, batch.lengths.tolist())
-            for row, index in enumerate(indices):
-                response_rows[index] = responses[row].numpy()
-                token_rows[index] = per_pair_tokens[row].numpy()
-                for name, block in blocks.items():
-                    block_rows[name][index] = block[row].numpy()
-            bar.update(len(indices))
+                if paraphrases is not None:
+                    batch.paraphrases = ParaphrasePass.run(
+                        llm, [paraphrases[i] for i in indices], batch.lengths
+                    )
+                tokens, responses, blocks = _compute_families(family_objects, batch)
+                per_pair_tokens = torch.split(tokens, batch.lengths.tolist())
+                for row, index in enumerate(indices):
+                    block_row = {name: block[row].numpy() for name, block in blocks.items()}
+                    rows[index] = (responses[row].numpy(), per_pair_tokens[row].numpy(), block_row)
+                bar.update(len(indices))
+
+    if group is None:
+        run_batches()
+    else:
+        group.run(run_batches)
+        rows = group.gather(rows)
+        if rows is None:
+            return None  # not rank 0: rank 0 has everything
 
     kept = list(pairs)  # record indices in record order
-    features = _features_frame(records, kept, schema, response_rows)
-    tokens = _tokens_frame(llm, records, kept, pairs, token_schema, token_rows)
+    features = _features_frame(records, kept, schema, {i: rows[i][0] for i in kept})
+    tokens = _tokens_frame(llm, records, kept, pairs, token_schema, {i: rows[i][1] for i in kept})
     blocks = {
-        name: _block_array(name, [rows[i] for i in kept], layouts[name])
-        for name, rows in block_rows.items()
+        name: _block_array(name, [rows[i][2][name] for i in kept], layouts[name])
+        for name in layouts
     }
     _check_finite(features, schema, tokens, token_schema)
     manifest = {
@@ -199,6 +216,7 @@ def extract(
         },
         "fallback_records": [records[i].id for i in kept if pairs[i].used_fallback],
         "skipped": skipped,
+        "world_size": 1 if group is None else group.world_size,
     }
     return FeatureSet(features=features, tokens=tokens, manifest=manifest, blocks=blocks)
 

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from ..errors import DatasetError, PairEncodingError, PerturbprobeError
 from ..features import extract
 from ..llm import LLM, load_llm
 from .bundle import ProbeBundle
+
+if TYPE_CHECKING:
+    from ..distributed import ProcessGroup
 
 __all__ = ["Scorer", "Scores", "score_file"]
 
@@ -86,6 +89,10 @@ class Scorer:
         The accuracy you know the LLM has on your traffic: confidences are moved from the
         calibration data's accuracy to it (prior-shift correction; the probe's ranking is
         unchanged). Without it confidences reflect the calibration data's base rate.
+    group : ProcessGroup, optional
+        Under torchrun: each rank extracts its share of every :meth:`score` call's batches;
+        rank 0 gets the :class:`Scores`, the other ranks None
+        (:mod:`perturbprobe.distributed`).
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Scorer:
         batch_size: int = 8,
         memory_mb: float = 256.0,
         target_accuracy: float | None = None,
+        group: ProcessGroup | None = None,
     ):
         bundle.check_llm(llm.identity(), allow_mismatch=allow_llm_mismatch)
         if target_accuracy is not None:  # fail now, not at the first request
@@ -107,6 +115,7 @@ class Scorer:
         self.allow_llm_mismatch = allow_llm_mismatch
         self.batch_size = batch_size
         self.memory_mb = memory_mb
+        self.group = group
         self._config = bundle.extractor_config
         self._lock = threading.Lock()
 
@@ -137,7 +146,7 @@ class Scorer:
             raise PairEncodingError(scores.errors[0])
         return float(scores.confidence[0])
 
-    def score(self, pairs: Iterable[Mapping[str, Any]], *, progress: bool = False) -> Scores:
+    def score(self, pairs: Iterable[Mapping[str, Any]], *, progress: bool = False) -> Scores | None:
         """Score many pairs in batches; unusable pairs are reported, the rest still scored.
 
         Parameters
@@ -159,6 +168,8 @@ class Scorer:
         confidence = np.full(len(pairs), np.nan)
         with self._lock:
             featureset = self._extract(records, errors, progress)
+        if self.group is not None and not self.group.is_root:
+            return None
         shift = shift_values = None
         if featureset is not None:
             raw = self.bundle.predict_raw(featureset, allow_llm_mismatch=self.allow_llm_mismatch)
@@ -210,6 +221,7 @@ class Scorer:
             batch_size=self.batch_size,
             memory_mb=self.memory_mb,
             progress=progress,
+            group=self.group,
         )
 
     def __repr__(self) -> str:
@@ -218,7 +230,7 @@ class Scorer:
 
 def score_file(
     scorer: Scorer, input_path: str | os.PathLike, output_path: str | os.PathLike, **kwargs
-) -> tuple[dict[int, str], ShiftCheck | None]:
+) -> tuple[dict[int, str], ShiftCheck | None] | None:
     """Score a JSONL file of pairs into another, in order (``perturbprobe score``).
 
     Each output row is the input row plus ``confidence`` (and ``abstain`` when the bundle has
@@ -232,6 +244,8 @@ def score_file(
         1-based line number → why that line could not be scored.
     shift : ShiftCheck or None
         The shift check of the scored lines as one batch (see :attr:`Scores.shift`).
+
+    On ranks other than 0 of a scorer's torchrun ``group`` it writes nothing and returns None.
     """
     rows: list[dict[str, Any] | None] = []
     errors: dict[int, str] = {}
@@ -247,6 +261,8 @@ def score_file(
             row, errors[number] = None, f"not valid JSON ({exc})"
         rows.append(row)
     scores = scorer.score([row if row is not None else {} for row in rows], **kwargs)
+    if scores is None:
+        return None  # a rank other than 0 of a torchrun job: rank 0 writes
     output = []
     for position, ((number, _), row) in enumerate(zip(lines, rows, strict=True)):
         if number not in errors and position in scores.errors:
