@@ -58,6 +58,14 @@ def _common_model_options(function):
         help="Weights dtype (features are computed in float32 regardless).",
     )(function)
     function = click.option(
+        "--device-map",
+        type=click.Choice(["auto", "balanced"]),
+        default=None,
+        expose_value=False,
+        callback=lambda ctx, _, value: ctx.obj.__setitem__("device_map", value),
+        help="Split the model over the visible GPUs (accelerate); instead of --device.",
+    )(function)
+    function = click.option(
         "--device", default=None, help="cpu, cuda or cuda:N  [default: cuda when present, else cpu]"
     )(function)
     return click.option("--model", "-m", default="default", show_default=True, help=_MODEL_HELP)(
@@ -914,12 +922,13 @@ def _load(model: str, dtype: str, device: str | None, group=None):
 
     from .llm import load_llm
 
-    if device is None and group is not None:
+    device_map = click.get_current_context().obj.get("device_map")
+    if device is None and device_map is None and group is not None:
         device = str(group.device())  # cuda:LOCAL_RANK, or the CPU
 
     transformers_logging.disable_progress_bar()  # our own bars show the work that matters
     logger.info("loading %s", model)
-    return load_llm(model, dtype=dtype, device=device)
+    return load_llm(model, dtype=dtype, device=device, device_map=device_map)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

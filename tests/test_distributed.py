@@ -260,3 +260,24 @@ def test_shard_deals_whole_batches_by_work_deterministically():
     assert sorted(shares[0] + shares[1]) == sorted(batches)
     idle = [ProcessGroup(rank, 3, rank).shard([[0]], cost) for rank in range(3)]
     assert idle == [[[0]], [], []]
+
+
+def test_device_map_on_a_cpu_only_machine_gives_the_plain_features(saved_model, records_file):
+    """--device-map auto without GPUs: accelerate keeps every layer on the CPU and the
+    gradient families (ccps, semantic_gradient through the embedding pass) give the same
+    features as the plain load."""
+    from perturbprobe.data import read_records
+    from perturbprobe.errors import ModelLoadError
+    from perturbprobe.llm import load_llm
+
+    records = read_records(records_file)[:6]
+    families = "baseline,ccps,semantic_gradient"
+    plain = extract(load_llm(saved_model, device="cpu"), records, families=families, progress=False)
+    mapped_llm = load_llm(saved_model, device_map="auto")
+    assert {p.device.type for p in mapped_llm.model.parameters()} == {"cpu"}
+    mapped = extract(mapped_llm, records, families=families, progress=False)
+    pd.testing.assert_frame_equal(mapped.features, plain.features, check_exact=True)
+    with pytest.raises(ModelLoadError, match="either a device or a device_map"):
+        load_llm(saved_model, device="cpu", device_map="auto")
+    with pytest.raises(ModelLoadError, match="unknown device_map 'sequential'"):
+        load_llm(saved_model, device_map="sequential")

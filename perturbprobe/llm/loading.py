@@ -15,6 +15,8 @@ from .default_model import DEFAULT_MODEL_NAME, default_model_dir
 
 __all__ = ["load_llm", "resolve_device", "resolve_dtype"]
 
+_DEVICE_MAPS = ("auto", "balanced")
+
 logger = logging.getLogger(__name__)
 
 _DTYPES = {
@@ -63,6 +65,7 @@ def load_llm(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
 ) -> LLM:
     """Load a causal LM and its tokenizer as an :class:`LLM`.
 
@@ -75,6 +78,11 @@ def load_llm(
         Weights dtype (default float32). Features are always computed in float32.
     device : str, optional
         "cpu", "cuda", "cuda:N"; default: cuda when available, else cpu.
+    device_map : {"auto", "balanced"} or dict, optional
+        Split the model over the visible GPUs with accelerate (for models larger than one
+        device; without GPUs everything stays on the CPU); exclusive with ``device``. The
+        gradient families work through the split: autograd carries the loss's gradient
+        across devices.
 
     Examples
     --------
@@ -83,7 +91,17 @@ def load_llm(
     (19, 2, 198)
     """
     torch_dtype = resolve_dtype(dtype)
-    torch_device = resolve_device(device)
+    if device_map is not None and device is not None:
+        raise ModelLoadError("give either a device or a device_map (--device-map), not both")
+    if (
+        device_map is not None
+        and not isinstance(device_map, dict)
+        and device_map not in _DEVICE_MAPS
+    ):
+        raise ModelLoadError(
+            f"unknown device_map {device_map!r}; use {', '.join(_DEVICE_MAPS)} or a dict"
+        )
+    torch_device = resolve_device(device) if device_map is None else None
     name = str(model)
     if name == "default":
         source, kwargs, name = default_model_dir(), {}, DEFAULT_MODEL_NAME
@@ -101,6 +119,8 @@ def load_llm(
             raise ModelLoadError(f"model directory {path} does not exist")
         else:
             source, kwargs = name, {}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     return _load_transformers(source, name, torch_dtype, torch_device, **kwargs)
 
 
@@ -124,14 +144,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _load_transformers(source, name: str, dtype: torch.dtype, device: torch.device, **kwargs):
+def _load_transformers(source, name: str, dtype: torch.dtype, device, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_hub_id = isinstance(source, str)
     if is_hub_id and not _hub_reachable():
         kwargs["local_files_only"] = True  # a copy in the local hub cache still loads offline
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer_kwargs = {k: v for k, v in kwargs.items() if k != "device_map"}
+        tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -146,6 +167,8 @@ def _load_transformers(source, name: str, dtype: torch.dtype, device: torch.devi
             f"cannot load the model at {source} ({first_line}); if it is a cached copy, "
             "delete it so it is rebuilt, or check the files"
         ) from exc
-    model.to(device)
-    logger.info("loaded %s (%s) on %s as %s", name, type(model).__name__, device, dtype)
+    if device is not None:  # else accelerate placed it (device_map)
+        model.to(device)
+    placement = device if device is not None else f"device map {kwargs['device_map']!r}"
+    logger.info("loaded %s (%s) on %s as %s", name, type(model).__name__, placement, dtype)
     return LLM(model, tokenizer, name=name)
