@@ -14,7 +14,8 @@ duplicated or mismatched results; overload answers 503, never a crash. Exit stat
 a result is lost, duplicated or mismatched, or the server misbehaves.
 
     python benchmarks/serve_load.py [--bundle models/smollm2-135m-instruct/auto]
-        [--clients 1,8,32,64] [--pairs-per-level 128] [--max-batch 32] [--max-wait-ms 50] [--tolerance 2e-3]
+        [--clients 1,8,32,64] [--pairs-per-level 128] [--max-batch 32] [--max-wait-ms 50]
+        [--tolerance 2e-3]
 """
 
 from __future__ import annotations
