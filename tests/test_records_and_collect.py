@@ -377,8 +377,9 @@ def canned(monkeypatch):
     answers = {}
     seen = {}
 
-    def fake_generate(llm, prompts, *, max_new_tokens, batch_size, progress, names):
+    def fake_generate(llm, prompts, *, max_new_tokens, batch_size, progress, names, group):
         seen.update(max_new_tokens=max_new_tokens, batch_size=batch_size, names=list(names))
+        assert group is None  # one process
         return [answers[tuple(m["content"] for m in p)] for p in prompts]
 
     monkeypatch.setattr(collect_module, "generate_responses", fake_generate)
