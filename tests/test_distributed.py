@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_models import make_tiny_llm
+from tiny_models import make_tiny_llm, save_llm
 
 from perturbprobe.data import Record, collect, load_dataset, write_records
 from perturbprobe.distributed import ProcessGroup
@@ -75,8 +75,7 @@ def llm():
 @pytest.fixture(scope="module")
 def saved_model(llm, workdir):
     directory = workdir / "tiny-llama"
-    llm.model.save_pretrained(directory)
-    llm.tokenizer.save_pretrained(directory)
+    save_llm(llm, directory)
     return directory
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny_models import build_model, build_tokenizer, make_tiny_llm
+from tiny_models import build_model, build_tokenizer, make_tiny_llm, save_llm
 
 from perturbprobe.cli import cli
 from perturbprobe.data import Record, write_records
@@ -623,8 +623,7 @@ def _runner():
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, llama):
     directory = tmp_path_factory.mktemp("tiny-llama")
-    llama.model.save_pretrained(directory)
-    llama.tokenizer.save_pretrained(directory)
+    save_llm(llama, directory)
     return directory
 
 

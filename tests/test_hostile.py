@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from tiny_models import make_tiny_llm
+from tiny_models import make_tiny_llm, save_llm
 
 import perturbprobe.calibration.report as report_module
 from perturbprobe._io import atomic_directory
@@ -167,8 +167,7 @@ def module_dir(tmp_path_factory):
 def saved_model(llm, module_dir):
     """The tiny Llama as a model directory, for the CLI's ``--model``."""
     directory = module_dir / "tiny-llama"
-    llm.model.save_pretrained(directory)
-    llm.tokenizer.save_pretrained(directory)
+    save_llm(llm, directory)
     return directory
 
 

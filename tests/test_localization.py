@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny_models import make_tiny_llm
+from tiny_models import make_tiny_llm, save_llm
 
 from perturbprobe.cli import cli
 from perturbprobe.errors import ExtractionError, PairEncodingError
@@ -111,8 +111,7 @@ def test_bad_pairs_and_score_names(llm):
 
 def test_localize_command(llm, tmp_path):
     directory = tmp_path / "model"
-    llm.model.save_pretrained(directory)
-    llm.tokenizer.save_pretrained(directory)
+    save_llm(llm, directory)
     pairs = tmp_path / "pairs.jsonl"
     rows = [{**PAIRS[0], "first_error_step": 1}, PAIRS[1]]
     pairs.write_text("\n".join(json.dumps(row) for row in rows) + "\n")

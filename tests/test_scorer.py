@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny_models import make_tiny_llm
+from tiny_models import make_tiny_llm, save_llm
 
 from perturbprobe.cli import cli
 from perturbprobe.data import Record, write_records
@@ -187,8 +187,7 @@ def test_score_file_keeps_order_and_reports_bad_lines(llm, bundle_dir, tmp_path)
 @pytest.fixture(scope="module")
 def saved_model(llm, tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny-llama")
-    llm.model.save_pretrained(directory)
-    llm.tokenizer.save_pretrained(directory)
+    save_llm(llm, directory)
     return directory
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tiny_models import make_tiny_llm
+from tiny_models import make_tiny_llm, save_llm
 
 from perturbprobe.data import collect, load_dataset
 from perturbprobe.errors import PerturbprobeWarning
@@ -588,8 +588,7 @@ def console_script() -> list[str]:
 @pytest.fixture(scope="module")
 def saved_model(llm, tmp_path_factory):
     directory = tmp_path_factory.mktemp("serve-model") / "tiny-llama"
-    llm.model.save_pretrained(directory)
-    llm.tokenizer.save_pretrained(directory)
+    save_llm(llm, directory)
     return directory
 
 

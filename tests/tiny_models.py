@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -43,6 +44,7 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "make_tiny_llm",
+    "save_llm",
 ]
 
 HIDDEN_SIZE = 32
@@ -377,3 +379,11 @@ def make_tiny_llm(arch: str, seed: int = 0, max_positions: int = DEFAULT_MAX_POS
     tokenizer = _cached_tokenizer(arch)
     model = build_model(arch, tokenizer, seed=seed, max_positions=max_positions)
     return LLM(model, tokenizer, name=f"tiny-{arch}-seed{seed}")
+
+
+def save_llm(llm: LLM, directory) -> Path:
+    """Write ``llm``'s model and tokenizer to ``directory`` (a model directory for the CLI's
+    ``--model``) and return it."""
+    llm.model.save_pretrained(directory)
+    llm.tokenizer.save_pretrained(directory)
+    return Path(directory)
