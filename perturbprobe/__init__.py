@@ -9,6 +9,7 @@
 
 from . import data, features, llm
 from ._version import __version__
+from .decoding import GuardConfig, generate
 from .errors import PerturbprobeError
 from .features import FeatureSet, extract
 from .llm import LLM, load_llm
@@ -16,11 +17,13 @@ from .llm import LLM, load_llm
 __all__ = [
     "LLM",
     "FeatureSet",
+    "GuardConfig",
     "PerturbprobeError",
     "__version__",
     "data",
     "extract",
     "features",
+    "generate",
     "llm",
     "load_llm",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "CalibrationError",
     "DatasetError",
     "ExtractionError",
+    "GenerationError",
     "ModelLoadError",
     "PairEncodingError",
     "PerturbprobeError",
@@ -38,6 +39,10 @@ class PairEncodingError(PerturbprobeError, ValueError):
 
 class ExtractionError(PerturbprobeError, ValueError):
     """Feature extraction cannot run: a bad family name or option, or an unusable FeatureSet."""
+
+
+class GenerationError(PerturbprobeError, ValueError):
+    """Generation cannot run: a bad guard option, or a prompt too long for the context."""
 
 
 class ProbeError(PerturbprobeError, ValueError):

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import torch
-from tqdm.auto import tqdm
-
-from ..errors import PairEncodingError
 from ..llm import LLM
 
 if TYPE_CHECKING:
     from ..distributed import ProcessGroup
 
 __all__ = ["generate_responses"]
-
-logger = logging.getLogger(__name__)
 
 
 def generate_responses(
@@ -34,7 +27,8 @@ def generate_responses(
 
     Prompts are sorted by length and batched with left padding (so every row's next token
     sits in the last column); generation stops at an end-of-turn token or after
-    ``max_new_tokens``. Greedy decoding makes the result deterministic.
+    ``max_new_tokens``. Greedy decoding makes the result deterministic. This is
+    :func:`perturbprobe.generate` without a guard.
 
     Parameters
     ----------
@@ -55,56 +49,15 @@ def generate_responses(
     list of str
         The decoded answers, stripped, without special tokens.
     """
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be positive")
-    from transformers import GenerationConfig
+    from ..decoding import generate
 
-    names = list(names) if names is not None else [f"prompt {i}" for i in range(len(prompts))]
-    encoded = [
-        llm.prompt_ids(messages, what=name) for messages, name in zip(prompts, names, strict=True)
-    ]
-    if llm.max_length is not None:
-        for ids, name in zip(encoded, names, strict=True):
-            if len(ids) + max_new_tokens > llm.max_length:
-                raise PairEncodingError(
-                    f"{name}: {len(ids)} prompt tokens + {max_new_tokens} new tokens exceed the "
-                    f"model's context of {llm.max_length}"
-                )
-    config = GenerationConfig(
+    answers = generate(
+        llm,
+        list(prompts),
         max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=llm.end_of_turn_ids,
-        pad_token_id=llm.pad_id,
+        batch_size=batch_size,
+        progress=progress,
+        names=names,
+        group=group,
     )
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    if group is not None:  # whole batches per rank: every answer generated as in one process
-        batches = group.shard(batches, cost=lambda index: len(encoded[index]) + max_new_tokens)
-    answers: dict[int, str] = {}
-    stop = set(llm.end_of_turn_ids)
-
-    def run_batches() -> None:
-        total = sum(map(len, batches))
-        bar = tqdm(total=total, desc="generating", unit="q", disable=not progress)
-        with torch.no_grad(), bar:
-            for rows in batches:
-                input_ids, attention_mask = llm.pad([encoded[i] for i in rows], side="left")
-                width = input_ids.shape[1]
-                output = llm.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=config,
-                )
-                for row, index in enumerate(rows):
-                    new_tokens = output[row, width:].tolist()
-                    end = next((k for k, t in enumerate(new_tokens) if t in stop), len(new_tokens))
-                    text = llm.tokenizer.decode(new_tokens[:end], skip_special_tokens=True)
-                    answers[index] = text.strip()
-                bar.update(len(rows))
-
-    if group is None:
-        run_batches()
-    else:
-        group.run(run_batches)
-        answers = group.all_gather(answers)
-    return [answers[index] for index in range(len(encoded))]
+    return [answer.response for answer in answers]

@@ -22,9 +22,20 @@ import torch
 from ..errors import ExtractionError
 from .base import FamilyOutput, FeatureFamily, PassBatch
 
-__all__ = ["EntropyDynamics", "EntropyDynamicsConfig"]
+__all__ = ["EntropyDynamics", "EntropyDynamicsConfig", "spike_threshold"]
 
 _MAD_TO_SIGMA = 1.4826
+
+
+def spike_threshold(entropy: torch.Tensor, z: float) -> torch.Tensor:
+    """median + z·MAD of an entropy sequence (T,) → scalar; a token above it is a spike.
+
+    The median is the usual one (mean of the middle two for even T); the MAD is scaled by
+    1.4826 to estimate σ. Also used online while decoding (:mod:`perturbprobe.decoding`).
+    """
+    median = entropy.quantile(0.5)
+    mad = (entropy - median).abs().quantile(0.5) * _MAD_TO_SIGMA
+    return median + z * mad
 
 
 @dataclass(frozen=True)
@@ -82,9 +93,7 @@ class EntropyDynamics(FeatureFamily):
         """The 9 features of one response's entropy sequence (T,) → (9,)."""
         length = entropy.shape[0]
         positions = torch.arange(1, length + 1, dtype=entropy.dtype, device=entropy.device)
-        median = entropy.quantile(0.5)  # the usual median (mean of the middle two for even T)
-        mad = (entropy - median).abs().quantile(0.5) * _MAD_TO_SIGMA
-        spikes = entropy > median + self.config.z * mad  # (T,)
+        spikes = entropy > spike_threshold(entropy, self.config.z)  # (T,)
         n_spikes = spikes.sum()
         overall = entropy.mean()
         if n_spikes > 0:
