@@ -497,6 +497,143 @@ def score(
 
 @cli.command()
 @_common_model_options
+@click.option(
+    "--input",
+    "-i",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL of prompts: 'messages' (or 'question'); other fields (e.g. 'id') pass through.",
+)
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL to write: the input rows with 'response' (and 'guard' with --guard).",
+)
+@click.option("--guard", is_flag=True, help="Branch at an early entropy spike (GUARD).")
+@click.option(
+    "--bundle",
+    "-b",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --guard: score branches with this bundle's probe [default: mean log-prob].",
+)
+@click.option(
+    "--branches", "-k", type=int, default=3, show_default=True, help="K branches per fork."
+)
+@click.option(
+    "--z", type=float, default=3.0, show_default=True, help="Spike threshold in robust σ."
+)
+@click.option(
+    "--window",
+    "-w",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Only the first W tokens can fork.",
+)
+@click.option(
+    "--max-interventions",
+    "-n",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Forks per answer at most.",
+)
+@click.option(
+    "--min-entropy",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="A spike needs at least this entropy (nats).",
+)
+@click.option(
+    "--branch-mode",
+    type=click.Choice(["top-k", "sample"]),
+    default="top-k",
+    show_default=True,
+    help="top-k: the K most likely tokens, continued greedily; sample: K sampled continuations.",
+)
+@click.option(
+    "--temperature", type=float, default=1.0, show_default=True, help="For --branch-mode sample."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="For --branch-mode sample.")
+@click.option("--allow-llm-mismatch", is_flag=True, help="Use a bundle fitted on another LLM.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.pass_context
+def generate(
+    ctx,
+    model,
+    device,
+    dtype,
+    input_path,
+    out,
+    guard,
+    bundle,
+    allow_llm_mismatch,
+    max_new_tokens,
+    batch_size,
+    **guard_options,
+):
+    """Answer prompts greedily; with --guard, branch at early entropy spikes and keep the
+    branch the probe (or the mean log-prob) rates best."""
+    from ._io import check_writable
+    from .decoding import GuardConfig
+    from .decoding.files import generate_file, read_prompts
+    from .errors import GenerationError
+    from .probes import ProbeBundle, Scorer
+
+    obj = ctx.obj
+    if not guard:
+        given = [
+            name
+            for name in (*guard_options, "bundle", "allow_llm_mismatch")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            raise GenerationError(f"{option} only applies with --guard")
+    config = GuardConfig(**guard_options) if guard else None  # bad options fail here
+    rows = read_prompts(input_path)[0]  # a bad file fails before the model loads
+    probe_bundle = ProbeBundle.load(bundle) if bundle is not None else None
+    check_writable(out)
+    group = _process_group(obj)
+    llm = _load(model, dtype, device, group)
+    scorer = (
+        Scorer(probe_bundle, llm, allow_llm_mismatch=allow_llm_mismatch)
+        if probe_bundle is not None
+        else None
+    )
+    answers = generate_file(
+        llm,
+        input_path,
+        out,
+        scorer=scorer,
+        guard=config,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=obj["progress"],
+        group=group,
+    )
+    if answers is None:
+        return  # not rank 0: rank 0 writes
+    tokens = sum(answer.generated_tokens for answer in answers) / len(answers)
+    summary = f"{len(rows)} answers written to {out} ({tokens:.1f} generated tokens per answer"
+    if guard:
+        forked = sum(bool(answer.interventions) for answer in answers)
+        summary += f"; {forked} forked"
+        if config.branch_mode == "top-k":
+            kept = sum(
+                not a.interventions[0].alternatives[0].chosen for a in answers if a.interventions
+            )
+            summary += f", {kept} kept a branch other than the greedy one"
+    click.echo(summary + ")")
+
+
+@cli.command()
+@_common_model_options
 @_BUNDLE_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
