@@ -167,6 +167,37 @@ def test_collect_under_torchrun_writes_what_one_process_writes(workdir, saved_mo
         assert len(single.splitlines()) == (5 if source == "generate" else 20)
 
 
+def test_guarded_generate_under_torchrun_writes_what_one_process_writes(workdir, saved_model):
+    """7 prompts in batches of 2 (4 batches over 2 ranks), forks on the way: same file."""
+    prompts = workdir / "prompts.jsonl"
+    questions = [e.messages[-1]["content"] for e in load_dataset("builtin:easy-qa", limit=7)]
+    prompts.write_text(
+        "".join(json.dumps({"id": i, "question": q}) + "\n" for i, q in enumerate(questions))
+    )
+    args = [
+        "generate",
+        "--model",
+        saved_model,
+        "--input",
+        prompts,
+        "--batch-size",
+        2,
+        "--max-new-tokens",
+        8,
+        "--guard",
+        "--z",
+        1.0,
+        "--window",
+        6,
+    ]
+    ok(run_single(*args, "--out", "single-answers.jsonl", cwd=workdir))
+    ok(run_torchrun(*args, "--out", "sharded-answers.jsonl", cwd=workdir))
+    single = (workdir / "single-answers.jsonl").read_bytes()
+    assert (workdir / "sharded-answers.jsonl").read_bytes() == single
+    rows = [json.loads(line) for line in single.splitlines()]
+    assert len(rows) == 7 and any(row["guard"]["interventions"] for row in rows)
+
+
 def test_score_under_torchrun_writes_what_one_process_writes(
     workdir, saved_model, records_file, llm
 ):
