@@ -503,6 +503,10 @@ class Interrupted:
     stderr: str = ""
 
 
+# enough questions that collect is still generating when the interrupt arrives
+COLLECT_LIMIT = 600
+
+
 @pytest.fixture(scope="module")
 def interrupted(module_dir, saved_model, gold_records, featureset_dir, bundle_dir):
     """collect, extract and fit, each started over an existing complete output (collect
@@ -518,7 +522,18 @@ def interrupted(module_dir, saved_model, gold_records, featureset_dir, bundle_di
     bundle = root / "fit" / "bundle"
     shutil.copytree(bundle_dir, bundle)
     model = ["--model", saved_model, "--device", "cpu"]
-    collect_args = ["collect", *model, "-d", "builtin:easy-qa", "--limit", "120", "-o", records]
+    collect_args = [
+        "collect",
+        *model,
+        "-d",
+        "builtin:easy-qa",
+        "--limit",
+        str(COLLECT_LIMIT),
+        "--max-new-tokens",
+        "64",
+        "-o",
+        records,
+    ]
     extract_args = ["extract", *model, "-r", gold_records, "--families", "baseline"]
     extract_args += ["--batch-size", "1", "--overwrite", "-o", features]
     fit_args = ["fit", "-f", featureset_dir, "-p", "logistic", "--overwrite", "-o", bundle]
@@ -559,7 +574,9 @@ def test_sigint_during_collect(interrupted):
     assert [r.id for r in read_records(run.out)] == ["previous"]
     rerun = run_cli("-q", *run.args)
     assert rerun.exit_code == 0, rerun.output
-    assert len(read_records(run.out)) == 120 and entries(run.out.parent) == ["records.jsonl"]
+    assert len(read_records(run.out)) == COLLECT_LIMIT and entries(run.out.parent) == [
+        "records.jsonl"
+    ]
 
 
 def test_sigint_during_extract(interrupted):
