@@ -13,36 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-from transformers import GenerationConfig
-
 import perturbprobe
 from perturbprobe.data import load_dataset
-
-
-def transformers_greedy(llm, prompts, batch_size, max_new_tokens) -> list[list[int]]:
-    """The naive way: ``model.generate(do_sample=False)`` on the same length-sorted batches."""
-    encoded = [llm.prompt_ids(p) for p in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=llm.end_of_turn_ids,
-        pad_token_id=llm.pad_id,
-    )
-    stop, result = set(llm.end_of_turn_ids), {}
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            input_ids, mask = llm.pad([encoded[i] for i in rows], side="left")
-            out = llm.model.generate(
-                input_ids=input_ids, attention_mask=mask, generation_config=config
-            )
-            for row, index in enumerate(rows):
-                new = out[row, input_ids.shape[1] :].tolist()
-                end = next((k for k, t in enumerate(new) if t in stop), len(new))
-                result[index] = new[:end]
-    return [result[i] for i in range(len(prompts))]
+from perturbprobe.decoding.reference import transformers_greedy
 
 
 def main() -> None:
@@ -66,7 +39,9 @@ def main() -> None:
         )
         times["perturbprobe.generate"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        reference = transformers_greedy(llm, prompts, args.batch_size, args.max_new_tokens)
+        reference = transformers_greedy(
+            llm, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        )
         times["transformers generate"].append(time.perf_counter() - start)
     tokens = sum(a.generated_tokens for a in ours)
     same = sum(a.token_ids == r for a, r in zip(ours, reference, strict=True))

@@ -194,15 +194,16 @@ def main() -> None:
     else:
         datasets["easy-qa (held-out)"] = [e for e in easy if e.id in heldout]
     datasets["arithmetic"] = list(load_dataset(f"builtin:arithmetic?n={args.arithmetic}"))
+    settings = {k: str(v) for k, v in vars(args).items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     results = {}
     for name, examples in datasets.items():
         examples = examples[: args.limit] if args.limit else examples
         results[name] = run_dataset(name, examples, llm, scorer, args)
+        # written after each dataset, so a long run cut short keeps what it finished
+        args.out.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
     for name, result in results.items():
         print_table(name, result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) for k, v in vars(args).items()}
-    args.out.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
     print(f"\nwritten to {args.out}")
 
 

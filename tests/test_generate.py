@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from tiny_models import ARCHS, make_tiny_llm, save_llm
-from transformers import GenerationConfig
 
 import perturbprobe
 from perturbprobe import GuardConfig
 from perturbprobe.cli import cli
 from perturbprobe.data import collect, load_dataset
 from perturbprobe.decoding.decoder import decode
+from perturbprobe.decoding.reference import transformers_greedy
 from perturbprobe.errors import GenerationError, PerturbprobeWarning
 from perturbprobe.features import extract
 from perturbprobe.features.distributions import entropy_from_log_probs
@@ -40,31 +40,6 @@ PROMPTS = [[{"role": "user", "content": q}] for q in QUESTIONS]
 NEW_TOKENS = 12
 
 
-def hf_greedy(llm, prompts, batch_size):
-    """transformers' own greedy generate, batched as perturbprobe batches (length-sorted)."""
-    encoded = [llm.prompt_ids(p) for p in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    config = GenerationConfig(
-        max_new_tokens=NEW_TOKENS,
-        do_sample=False,
-        eos_token_id=llm.end_of_turn_ids,
-        pad_token_id=llm.pad_id,
-    )
-    stop, result = set(llm.end_of_turn_ids), {}
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        input_ids, mask = llm.pad([encoded[i] for i in rows], side="left")
-        with torch.no_grad():
-            out = llm.model.generate(
-                input_ids=input_ids, attention_mask=mask, generation_config=config
-            )
-        for row, index in enumerate(rows):
-            new = out[row, input_ids.shape[1] :].tolist()
-            end = next((k for k, t in enumerate(new) if t in stop), len(new))
-            result[index] = new[:end]
-    return [result[i] for i in range(len(prompts))]
-
-
 # ============================================================ greedy decoding (guard disabled)
 
 
@@ -74,7 +49,9 @@ def test_unguarded_decoding_equals_transformers_generate(arch):
     answers = perturbprobe.generate(
         llm, PROMPTS, max_new_tokens=NEW_TOKENS, batch_size=3, progress=False
     )
-    assert [a.token_ids for a in answers] == hf_greedy(llm, PROMPTS, batch_size=3)
+    assert [a.token_ids for a in answers] == transformers_greedy(
+        llm, PROMPTS, max_new_tokens=NEW_TOKENS, batch_size=3
+    )
     for answer in answers:
         assert answer.interventions == [] and answer.confidence is None
         assert answer.generated_tokens == len(answer.token_ids) + (
@@ -90,7 +67,9 @@ def test_unguarded_decoding_equals_collects_answers():
         llm, [e.messages for e in dataset], max_new_tokens=NEW_TOKENS, batch_size=4, progress=False
     )
     assert [r.response for r in records] == [a.response for a in answers]
-    reference = hf_greedy(llm, [e.messages for e in dataset], batch_size=4)
+    reference = transformers_greedy(
+        llm, [e.messages for e in dataset], max_new_tokens=NEW_TOKENS, batch_size=4
+    )
     assert [a.token_ids for a in answers] == reference
 
 

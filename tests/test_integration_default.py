@@ -13,6 +13,7 @@ import torch
 
 import perturbprobe
 from perturbprobe.data import collect, generate_responses, load_dataset
+from perturbprobe.decoding.reference import transformers_greedy
 from perturbprobe.features import FeatureSet, extract
 from perturbprobe.llm import default_model
 
@@ -78,26 +79,11 @@ def test_batched_generation_matches_one_at_a_time(llm):
 def test_decoder_equals_transformers_generate_and_guard_forks(llm):
     """Greedy answers token for token equal to ``model.generate``; with a guard, an early
     spike forks and the kept answer is one of the recorded branches."""
-    from transformers import GenerationConfig
-
     dataset = load_dataset("builtin:arithmetic?n=8")
     prompts = [example.messages for example in dataset]
     answers = perturbprobe.generate(llm, prompts, max_new_tokens=20, batch_size=8, progress=False)
-    encoded = [llm.prompt_ids(p) for p in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # as generate batches
-    input_ids, mask = llm.pad([encoded[i] for i in order], side="left")
-    config = GenerationConfig(
-        max_new_tokens=20,
-        do_sample=False,
-        eos_token_id=llm.end_of_turn_ids,
-        pad_token_id=llm.pad_id,
-    )
-    with torch.no_grad():
-        out = llm.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
-    for row, index in enumerate(order):
-        new = out[row, input_ids.shape[1] :].tolist()
-        end = next((k for k, t in enumerate(new) if t in llm.end_of_turn_ids), len(new))
-        assert answers[index].token_ids == new[:end]
+    reference = transformers_greedy(llm, prompts, max_new_tokens=20, batch_size=8)
+    assert [answer.token_ids for answer in answers] == reference
     guarded = perturbprobe.generate(
         llm, prompts, guard=perturbprobe.GuardConfig(), max_new_tokens=20, progress=False
     )
