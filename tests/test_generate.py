@@ -4,7 +4,9 @@ choice among branches, and clear errors for bad options and files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import re
 import warnings
@@ -275,6 +277,36 @@ def test_with_a_scorer_the_most_trusted_branch_wins(tiny_bundle):
         assert [alt.chosen for alt in intervention.alternatives].count(True) == 1
     record = json.loads(json.dumps(forked[0][1].guard_record()))  # JSON-ready
     assert record["interventions"][0]["alternatives"][0]["token_id"] >= 0
+
+
+def test_the_shift_of_scored_branches_is_checked_once_per_run(tiny_bundle, monkeypatch, caplog):
+    """Branches are scored in small batches; one shift check over all of them, not a
+    warning per batch."""
+    llm = make_tiny_llm("llama")
+    scorer = Scorer.load(tiny_bundle, llm=llm)
+    checked = []
+    original = scorer.bundle.check_shift_values
+
+    def always_shifted(values):
+        checked.append(len(next(iter(values.values()))))
+        return dataclasses.replace(original(values), shifted=True)
+
+    monkeypatch.setattr(scorer.bundle, "check_shift_values", always_shifted)
+    with caplog.at_level(logging.WARNING, logger="perturbprobe"):
+        answers = perturbprobe.generate(
+            llm,
+            PROMPTS,
+            scorer=scorer,
+            guard=GUARD,
+            max_new_tokens=NEW_TOKENS,
+            batch_size=2,
+            progress=False,
+        )
+    branches = sum(len(a.interventions[0].alternatives) for a in answers if a.interventions)
+    assert len(checked) >= 3  # ≥ 2 batches of branches scored (each checked), + the run's check
+    assert [r.name for r in caplog.records] == ["perturbprobe.decoding.guided"]
+    assert "guard: the branches scored by the probe" in caplog.records[0].getMessage()
+    assert checked[-1] == branches  # the last check saw every scored branch
 
 
 # ================================================================================ bad input

@@ -8,11 +8,13 @@ returned with a record of the intervention.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import GenerationError, PairEncodingError
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from ..probes.scorer import Scorer
 
 __all__ = ["Alternative", "GuidedAnswer", "Intervention", "generate"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -171,6 +175,7 @@ def generate(
     if group is not None:  # whole batches per rank: every answer generated as in one process
         batches = group.shard(batches, cost=lambda index: len(encoded[index]) + max_new_tokens)
     answers: dict[int, GuidedAnswer] = {}
+    shift_values: list[dict[str, np.ndarray]] = []  # per scored batch of branches
 
     def run_batches() -> None:
         bar = tqdm(total=sum(map(len, batches)), desc="generating", unit="q", disable=not progress)
@@ -184,10 +189,12 @@ def generate(
                     fork_at=None if fork_at is None else [fork_at[i] for i in rows],
                 )
                 batch_answers = _choose(
-                    llm, decoded, [conversations[i] for i in rows], scorer, len(rows)
+                    llm, decoded, [conversations[i] for i in rows], scorer, shift_values
                 )
                 answers.update(zip(rows, batch_answers, strict=True))
                 bar.update(len(rows))
+        if shift_values:
+            _warn_if_shifted(scorer, shift_values)
 
     if group is None:
         run_batches()
@@ -222,9 +229,12 @@ def _conversation(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
-def _choose(llm: LLM, decoded: Decoded, conversations, scorer, n_prompts) -> list[GuidedAnswer]:
-    """Score the branches of forked prompts and keep each prompt's best one."""
-    by_prompt: list[list[Branch]] = [[] for _ in range(n_prompts)]
+def _choose(
+    llm: LLM, decoded: Decoded, conversations, scorer, shift_values: list
+) -> list[GuidedAnswer]:
+    """Score the branches of forked prompts and keep each prompt's best one; the scores'
+    shift values are appended to ``shift_values``."""
+    by_prompt: list[list[Branch]] = [[] for _ in conversations]
     for branch in decoded.branches:
         by_prompt[branch.prompt].append(branch)
     stop = set(llm.end_of_turn_ids)
@@ -234,8 +244,11 @@ def _choose(llm: LLM, decoded: Decoded, conversations, scorer, n_prompts) -> lis
     forked = [b for branches in by_prompt if len(branches) > 1 for b in branches]
     if scorer is not None and forked:
         scores = scorer.score(
-            [{"messages": conversations[b.prompt], "response": texts[id(b)]} for b in forked]
+            [{"messages": conversations[b.prompt], "response": texts[id(b)]} for b in forked],
+            warn_shift=False,  # checked once over all branches (_warn_if_shifted)
         )
+        if scores.shift_values is not None:
+            shift_values.append(scores.shift_values)
         for branch, value in zip(forked, scores.confidence.tolist(), strict=True):
             confidence[id(branch)] = None if math.isnan(value) else value
 
@@ -263,6 +276,15 @@ def _choose(llm: LLM, decoded: Decoded, conversations, scorer, n_prompts) -> lis
             )
         )
     return answers
+
+
+def _warn_if_shifted(scorer: Scorer, shift_values: list[dict[str, np.ndarray]]) -> None:
+    """One warning when all the branches scored by this process, as one batch, look unlike
+    the probe's training data (a warning per small batch of branches would be noise)."""
+    values = {name: np.concatenate([v[name] for v in shift_values]) for name in shift_values[0]}
+    check = scorer.bundle.check_shift_values(values)
+    if check is not None and check.shifted:
+        logger.warning("guard: the branches scored by the probe: %s", check.message())
 
 
 def _intervention(llm, fork: Fork, depth, branches, best, value, texts, mean_log_p, confidence):

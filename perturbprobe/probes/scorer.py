@@ -146,7 +146,9 @@ class Scorer:
             raise PairEncodingError(scores.errors[0])
         return float(scores.confidence[0])
 
-    def score(self, pairs: Iterable[Mapping[str, Any]], *, progress: bool = False) -> Scores | None:
+    def score(
+        self, pairs: Iterable[Mapping[str, Any]], *, progress: bool = False, warn_shift: bool = True
+    ) -> Scores | None:
         """Score many pairs in batches; unusable pairs are reported, the rest still scored.
 
         Parameters
@@ -156,6 +158,9 @@ class Scorer:
             string) or ``question`` (a string).
         progress : bool
             Show a progress bar over pairs.
+        warn_shift : bool
+            Log a warning when these pairs look shifted; a caller that checks a larger
+            batch itself (from ``Scores.shift_values``) passes False.
         """
         records: list[Record] = []
         errors: dict[int, str] = {}
@@ -185,7 +190,7 @@ class Scorer:
                 for name, column in scored_values.items():
                     shift_values[name] = np.full(len(pairs), np.nan)
                     shift_values[name][positions] = column
-            if shift is not None and shift.shifted:
+            if warn_shift and shift is not None and shift.shifted:
                 logger.warning("%s", shift.message())
         abstain = None
         if self.bundle.abstention is not None:
