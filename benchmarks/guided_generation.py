@@ -13,9 +13,12 @@ with the dataset's grader (the LLM's own generated answers, never teacher-forced
                 of the greedy answer (T its length) — same budget, no targeting;
   best-of-K     K sampled answers per question (temperature 1), the probe picks one.
 
-Printed per dataset: accuracy with a 95% bootstrap interval over questions, generated tokens
-per answer (all branches; × greedy), the share of questions forked, and paired bootstrap
-intervals of guard − greedy and guard − random-pos.
+Printed per dataset: accuracy with a 95% bootstrap interval over questions; "any branch
+right" (the kept answer or any branch right — what a perfect choice among the branches would
+reach, so a reader can tell a fork that found no right answer from a probe that missed it);
+generated tokens per answer (all branches; × greedy); the share of questions forked; wall
+seconds; and paired bootstrap intervals of guard − greedy, guard − random-pos and
+guard − best-of-K. Per-question answers and grades go to the JSON file.
 
 easy-qa questions are restricted to the demo's held-out test split (questions the bundle's
 probe and calibrator never saw), found from the demo's FeatureSet; arithmetic is a domain
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import random
 import time
 from pathlib import Path
@@ -62,6 +64,21 @@ def grade(examples, answers) -> np.ndarray:
         _, grader = resolve_grader(grader_name_for(example))
         correct.append(int(grader(answer.response, example)))
     return np.array(correct)
+
+
+def any_branch_right(examples, answers) -> np.ndarray:
+    """1 where the kept answer or any branch of a fork is right: the best a perfect choice
+    among the branches could do (the ceiling of the probe's selection)."""
+    right = []
+    for example, answer in zip(examples, answers, strict=True):
+        _, grader = resolve_grader(grader_name_for(example))
+        responses = [answer.response] + [
+            alternative.response
+            for intervention in answer.interventions
+            for alternative in intervention.alternatives
+        ]
+        right.append(int(any(grader(response, example) for response in responses)))
+    return np.array(right)
 
 
 def bootstrap(values: np.ndarray, n: int, rng) -> tuple[float, float, float]:
@@ -106,6 +123,9 @@ def run_dataset(name, examples, llm, scorer, args) -> dict:
     for arm in ARMS:
         rows[arm] = {
             "accuracy": bootstrap(correct[arm], args.bootstrap, np_rng),
+            "any_branch_right": bootstrap(
+                any_branch_right(examples, answers[arm]), args.bootstrap, np_rng
+            ),
             "tokens_per_answer": float(tokens[arm]),
             "tokens_vs_greedy": float(tokens[arm] / tokens["greedy"]),
             "forked": float(np.mean([bool(a.interventions) for a in answers[arm]])),
@@ -128,13 +148,29 @@ def run_dataset(name, examples, llm, scorer, args) -> dict:
     changed = sum(
         a.response != g.response for a, g in zip(answers["guard"], answers["greedy"], strict=True)
     )
+    per_question = [
+        {
+            "id": example.id,
+            **{
+                arm: {"response": answers[arm][i].response, "correct": int(correct[arm][i])}
+                for arm in ARMS
+            },
+        }
+        for i, example in enumerate(examples)
+    ]
     return {
         "questions": len(prompts),
         "forked": int(forked.sum()),
         "guard_changed_answers": int(changed),
         "arms": rows,
         "differences": differences,
+        "answers": per_question,
     }
+
+
+def interval(values: tuple[float, float, float]) -> str:
+    value, low, high = values
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def print_table(name: str, result: dict) -> None:
@@ -142,18 +178,21 @@ def print_table(name: str, result: dict) -> None:
         f"\n{name}: {result['questions']} questions, guard forked {result['forked']}, "
         f"changed {result['guard_changed_answers']} answers"
     )
-    print(f"| {'arm':<11} | {'accuracy [95% CI]':<22} | tokens/answer | × greedy | forked |")
-    print(f"|{'-' * 13}|{'-' * 24}|{'-' * 15}|{'-' * 10}|{'-' * 8}|")
+    print(
+        f"| {'arm':<11} | {'accuracy [95% CI]':<22} | {'any branch right':<22} "
+        "| tokens/answer | × greedy | forked | seconds |"
+    )
+    print(f"|{'-' * 13}|{'-' * 24}|{'-' * 24}|{'-' * 15}|{'-' * 10}|{'-' * 8}|{'-' * 9}|")
     for arm, row in result["arms"].items():
-        value, low, high = row["accuracy"]
         print(
-            f"| {arm:<11} | {value:.3f} [{low:.3f}, {high:.3f}]{'':<3} | "
+            f"| {arm:<11} | {interval(row['accuracy']):<22} | "
+            f"{interval(row['any_branch_right']):<22} | "
             f"{row['tokens_per_answer']:>13.1f} | {row['tokens_vs_greedy']:>7.2f}× | "
-            f"{row['forked']:>6.0%} |"
+            f"{row['forked']:>6.0%} | {row['seconds']:>7.0f} |"
         )
-    for label, interval in result["differences"].items():
-        if interval is not None:
-            value, low, high = interval
+    for label, difference in result["differences"].items():
+        if difference is not None:
+            value, low, high = difference
             print(f"  {label}: {value:+.3f} [{low:+.3f}, {high:+.3f}]")
 
 
@@ -177,9 +216,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/guided_generation.json"))
     args = parser.parse_args()
-    # the scorer's per-call shift warning is about small batches of branches, not the data
-    logging.getLogger("perturbprobe").setLevel(logging.ERROR)
-
     llm = perturbprobe.load_llm("default")
     scorer = Scorer.load(args.bundle, llm=llm)
     datasets = {}
