@@ -3,9 +3,11 @@
 `collect` and `perturbprobe generate` decode with :mod:`perturbprobe.decoding` (a KV-cache
 loop that can fork rows); without a guard it must give transformers' greedy answers token for
 token and cost no more. On the default LLM, for N easy-qa questions in batches of B, both are
-timed in turn over several rounds (the minimum is kept), and the answers are compared.
+timed in turn over several rounds, alternating which goes first (the minimum is kept), and
+the answers are compared.
 
     python benchmarks/decoding_speed.py [--questions 64] [--batch-size 16] [--max-new-tokens 32]
+        [--rounds 3]
 """
 
 from __future__ import annotations
@@ -27,22 +29,27 @@ def main() -> None:
     args = parser.parse_args()
     llm = perturbprobe.load_llm("default")
     prompts = [e.messages for e in load_dataset("builtin:easy-qa", limit=args.questions)]
-    times = {"perturbprobe.generate": [], "transformers generate": []}
-    for _ in range(args.rounds):
-        start = time.perf_counter()
-        ours = perturbprobe.generate(
+    runs = {
+        "perturbprobe.generate": lambda: perturbprobe.generate(
             llm,
             prompts,
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             progress=False,
-        )
-        times["perturbprobe.generate"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        reference = transformers_greedy(
+        ),
+        "transformers generate": lambda: transformers_greedy(
             llm, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
-        )
-        times["transformers generate"].append(time.perf_counter() - start)
+        ),
+    }
+    times = {name: [] for name in runs}
+    results = {}
+    for round_number in range(args.rounds):
+        names = list(runs) if round_number % 2 == 0 else list(reversed(runs))  # fair order
+        for name in names:
+            start = time.perf_counter()
+            results[name] = runs[name]()
+            times[name].append(time.perf_counter() - start)
+    ours, reference = results["perturbprobe.generate"], results["transformers generate"]
     tokens = sum(a.generated_tokens for a in ours)
     same = sum(a.token_ids == r for a, r in zip(ours, reference, strict=True))
     print(f"{len(prompts)} questions, batches of {args.batch_size}, {tokens} generated tokens")
