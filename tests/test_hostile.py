@@ -200,6 +200,13 @@ def _console_script() -> list[str]:
     return [sys.executable, "-c", "from perturbprobe.cli import main; main()"]
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python installs its Ctrl-C
+    handler. A test run started as a shell's background job (``make test &``, nohup)
+    inherits SIGINT *ignored* — the CLI would then rightly ignore the test's interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Process:
     """A CLI process whose stderr goes to a file that can be read while it runs."""
 
@@ -214,6 +221,7 @@ class Process:
                 stderr=stderr,
                 cwd=directory,
                 env=env,
+                preexec_fn=_default_sigint,
             )
 
     @property
