@@ -108,6 +108,8 @@ def _record(example: Example, record_id: str, response: str, label, source, grad
         grader=grader,
         paraphrases=example.paraphrases,
         category=example.category,
+        domain=example.domain,
+        format=example.format,
     )
 
 

@@ -12,7 +12,7 @@ import csv
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,11 @@ def load_dataset(
     limit : int, optional
         Keep the first ``limit`` questions.
 
+    Every example gets a ``domain``: its row's ``domain`` field (the built-in datasets set
+    one, e.g. easy-qa's category), else the dataset's name (``builtin:arithmetic`` →
+    ``arithmetic``, a file → its stem, ``hf:org/name`` → ``name``). Domains drive the within-domain metrics and
+    leave-one-domain-out model selection.
+
     Raises
     ------
     DatasetError
@@ -98,7 +103,18 @@ def load_dataset(
         raise DatasetError(f"{name}: the dataset has no questions")
     if format == "mc":
         examples = [to_multiple_choice(example) for example in examples]
+    fallback = default_domain(name)
+    examples = [replace(example, domain=example.domain or fallback) for example in examples]
     return Dataset(name=name if format == "open" else f"{name} (mc)", examples=tuple(examples))
+
+
+def default_domain(source: str) -> str:
+    """The domain of a dataset's questions that name none: the dataset's short name."""
+    if source.startswith("builtin:"):
+        return source.removeprefix("builtin:").partition("?")[0]
+    if source.startswith("hf:"):
+        return source.removeprefix("hf:").partition(":")[0].rsplit("/", 1)[-1]
+    return Path(source).stem
 
 
 def read_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:

@@ -34,6 +34,6 @@ def to_multiple_choice(example: Example) -> Example:
     random.Random(seed).shuffle(options)
     letter = choice_letters(len(options))[options.index(example.answers[0])]
     row = example.to_row()
-    row.update(answers=[letter], choices=options, grader="choice")
+    row.update(answers=[letter], choices=options, grader="choice", format="mc")
     row.pop("wrong_answers", None)
     return example_from_row(row, f"question {example.id!r}")

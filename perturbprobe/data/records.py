@@ -2,7 +2,9 @@
 
 JSONL fields (ARCHITECTURE.md): ``id``, ``question_id``, ``messages``, ``response``,
 ``label`` (1 correct, 0 incorrect, absent if unknown), ``source`` (``generated``, ``gold``,
-``wrong``), ``grader``, ``paraphrases``; ``category`` when the question has one.
+``wrong``), ``grader``, ``paraphrases``; ``category`` when the question has one; ``domain``
+(the kind of question) and ``format`` (``short``, ``mc``, ``truefalse``, ``number``) when
+known — records written before they existed have neither.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from .._io import write_jsonl
 from ..errors import DatasetError, PairEncodingError
 from ..llm.pairs import validate_messages
+from .schema import ANSWER_FORMATS
 
 __all__ = ["SOURCES", "Record", "pair_record", "read_records", "write_records"]
 
@@ -36,6 +39,8 @@ class Record:
     grader: str | None = None
     paraphrases: tuple[str, ...] = ()
     category: str | None = None
+    domain: str | None = None
+    format: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,8 +55,9 @@ class Record:
         row["source"] = self.source
         row["grader"] = self.grader
         row["paraphrases"] = list(self.paraphrases)
-        if self.category is not None:
-            row["category"] = self.category
+        for name in ("category", "domain", "format"):
+            if getattr(self, name) is not None:
+                row[name] = getattr(self, name)
         row.update(self.extra)
         return row
 
@@ -78,7 +84,15 @@ class Record:
         if source not in SOURCES:
             raise DatasetError(f"{where}: field 'source' must be one of {', '.join(SOURCES)}")
         known = {"id", "question_id", "messages", "response", "label", "source", "grader"}
-        known |= {"paraphrases", "category"}
+        known |= {"paraphrases", "category", "domain", "format"}
+        for name in ("domain", "format"):
+            if row.get(name) is not None and not isinstance(row[name], str):
+                raise DatasetError(f"{where}: field {name!r} must be a string")
+        if row.get("format") not in (None, *ANSWER_FORMATS):
+            raise DatasetError(
+                f"{where}: field 'format' must be one of {', '.join(ANSWER_FORMATS)}, "
+                f"got {row['format']!r}"
+            )
         return cls(
             id=record_id,
             question_id=str(row.get("question_id", record_id)),
@@ -89,6 +103,8 @@ class Record:
             grader=row.get("grader"),
             paraphrases=tuple(row.get("paraphrases") or ()),
             category=row.get("category"),
+            domain=row.get("domain"),
+            format=row.get("format"),
             extra={key: value for key, value in row.items() if key not in known},
         )
 

@@ -9,7 +9,12 @@ A dataset row (JSONL object, CSV row or Parquet row) has
 - optional ``choices`` (list of str): multiple choice options, shown as A), B), ...;
 - optional ``wrong_answers`` (list of str): plausible wrong answers (for ``--source gold``);
 - optional ``paraphrases`` (list of str): the question reworded, same answer;
-- optional ``category`` (str) and ``grader`` (str, a registered grader name).
+- optional ``category`` (str) and ``grader`` (str, a registered grader name);
+- optional ``domain`` (str): the kind of question, for domain-aware metrics and selection
+  (default: the dataset's own default, see :func:`perturbprobe.data.load_dataset`);
+- optional ``format`` (str): the answer format, one of :data:`ANSWER_FORMATS` (default:
+  ``mc`` with choices, ``number`` with the numeric grader, ``truefalse`` with the truefalse
+  grader, else ``short``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,18 @@ from typing import Any
 from ..errors import DatasetError, PairEncodingError
 from ..llm.pairs import validate_messages
 
-__all__ = ["Example", "choice_letters", "example_from_row", "render_choices"]
+__all__ = [
+    "ANSWER_FORMATS",
+    "Example",
+    "answer_format",
+    "choice_letters",
+    "example_from_row",
+    "render_choices",
+]
+
+# The answer formats a record can carry: a short free-text answer, a multiple-choice letter,
+# a true/false judgement, a number.
+ANSWER_FORMATS = ("short", "mc", "truefalse", "number")
 
 _KNOWN_FIELDS = {
     "id",
@@ -33,6 +49,8 @@ _KNOWN_FIELDS = {
     "paraphrases",
     "category",
     "grader",
+    "domain",
+    "format",
 }
 
 
@@ -49,6 +67,8 @@ class Example:
     paraphrases: tuple[str, ...] = ()
     category: str | None = None
     grader: str | None = None
+    domain: str | None = None
+    format: str = "short"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     source_row: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
@@ -69,7 +89,7 @@ class Example:
         for name in ("choices", "wrong_answers", "paraphrases"):
             if getattr(self, name):
                 row[name] = list(getattr(self, name))
-        for name in ("category", "grader"):
+        for name in ("category", "grader", "domain", "format"):
             if getattr(self, name) is not None:
                 row[name] = getattr(self, name)
         return row
@@ -155,6 +175,13 @@ def example_from_row(row: Mapping[str, Any], where: str) -> Example:
         paraphrases = tuple(render_choices(text, choices) for text in paraphrases)
         letters = choice_letters(len(choices))
         wrong_answers = tuple(letter for letter in letters if letter != answers[0])
+    grader = _optional_string(row, "grader", where)
+    domain = _optional_string(row, "domain", where)
+    format_ = _optional_string(row, "format", where)
+    if format_ is not None and format_ not in ANSWER_FORMATS:
+        raise DatasetError(
+            f"{where}: field 'format' must be one of {', '.join(ANSWER_FORMATS)}, got {format_!r}"
+        )
     return Example(
         id=example_id.strip(),
         messages=messages,
@@ -164,10 +191,19 @@ def example_from_row(row: Mapping[str, Any], where: str) -> Example:
         wrong_answers=wrong_answers,
         paraphrases=paraphrases,
         category=_optional_string(row, "category", where),
-        grader=_optional_string(row, "grader", where),
+        grader=grader,
+        domain=domain,
+        format=format_ or answer_format(choices, grader),
         extra={key: value for key, value in row.items() if key not in _KNOWN_FIELDS},
         source_row=dict(row),
     )
+
+
+def answer_format(choices: tuple[str, ...] | list[str], grader: str | None) -> str:
+    """The default answer format of a question with these ``choices`` and ``grader``."""
+    if choices or grader == "choice":
+        return "mc"
+    return {"numeric": "number", "truefalse": "truefalse"}.get(grader or "", "short")
 
 
 def _choice_answers(answers: tuple[str, ...], choices: tuple[str, ...], where: str) -> tuple:

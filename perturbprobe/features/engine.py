@@ -306,6 +306,8 @@ def _features_frame(records, kept, schema, rows) -> pd.DataFrame:
     frame.insert(1, "question_id", [records[i].question_id for i in kept])
     frame.insert(2, "label", pd.array([records[i].label for i in kept], dtype="Int64"))
     frame.insert(3, "source", [records[i].source for i in kept])
+    frame.insert(4, "domain", pd.Series([records[i].domain for i in kept], dtype=object))
+    frame.insert(5, "format", pd.Series([records[i].format for i in kept], dtype=object))
     return frame
 
 

@@ -3,8 +3,9 @@
 A FeatureSet directory holds
 
 - ``features.parquet``: one row per scored record — ``record_id``, ``question_id``,
-  ``label`` (nullable), ``source`` (generated, gold or wrong), then the response-level
-  feature columns in schema order;
+  ``label`` (nullable), ``source`` (generated, gold or wrong), ``domain`` and ``format``
+  (nullable: the kind of question and the answer format), then the response-level feature
+  columns in schema order;
 - ``tokens.parquet``: one row per response token — ``record_id``, ``token_index``,
   ``token_id``, ``token``, then the per-token feature columns;
 - ``<family>.npy``: for a family that returns one wide block per record (``hidden_states``),
@@ -38,11 +39,13 @@ __all__ = ["FORMAT_VERSION", "FeatureSet"]
 
 # Bump when a reader of the previous version would misread the files (renamed or removed
 # columns, changed meaning). Adding manifest keys does not need a bump.
-# Version 2 added the ``source`` column; version 3 the blocks (version 2 is still read).
-FORMAT_VERSION = 3
-_READABLE_VERSIONS = (2, 3)
+# Version 2 added the ``source`` column; version 3 the blocks; version 4 the ``domain`` and
+# ``format`` columns (versions 2 and 3 are still read: their records have neither).
+FORMAT_VERSION = 4
+_READABLE_VERSIONS = (2, 3, 4)
 _FILES = ("features.parquet", "tokens.parquet", "manifest.json")
-_ID_COLUMNS = ["record_id", "question_id", "label", "source"]
+_ID_COLUMNS = ["record_id", "question_id", "label", "source", "domain", "format"]
+_ID_COLUMNS_BEFORE_4 = _ID_COLUMNS[:4]
 _TOKEN_ID_COLUMNS = ["record_id", "token_index", "token_id", "token"]
 
 
@@ -52,7 +55,7 @@ class FeatureSet:
 
     Attributes
     ----------
-    features : DataFrame (n_records, 4 + n_features)
+    features : DataFrame (n_records, 6 + n_features)
     tokens : DataFrame (n_tokens, 4 + n_token_features)
     manifest : dict
     blocks : dict of str to ndarray (n_records, K)
@@ -165,6 +168,16 @@ class FeatureSet:
     def sources(self) -> np.ndarray:
         """Provenance of each record (n_records,): ``generated``, ``gold`` or ``wrong``."""
         return self.features["source"].to_numpy(dtype=object)
+
+    @property
+    def domains(self) -> np.ndarray:
+        """The kind of question of each record (n_records,), None where unknown."""
+        return _optional_column(self.features, "domain")
+
+    @property
+    def formats(self) -> np.ndarray:
+        """The answer format of each record (n_records,), None where unknown."""
+        return _optional_column(self.features, "format")
 
     @property
     def skipped(self) -> list[dict[str, str]]:
@@ -307,6 +320,12 @@ class FeatureSet:
                 raise ExtractionError(
                     f"{path}: manifest.json has no {key!r}; the FeatureSet is corrupt"
                 )
+        if version < 4:  # written before records carried a domain and a format
+            _check_columns(
+                path, "features.parquet", features, _ID_COLUMNS_BEFORE_4 + manifest["schema"]
+            )
+            features.insert(4, "domain", pd.Series([None] * len(features), dtype=object))
+            features.insert(5, "format", pd.Series([None] * len(features), dtype=object))
         _check_columns(path, "features.parquet", features, _ID_COLUMNS + manifest["schema"])
         _check_columns(path, "tokens.parquet", tokens, _TOKEN_ID_COLUMNS + manifest["token_schema"])
         features["label"] = features["label"].astype("Int64")
@@ -322,6 +341,11 @@ class FeatureSet:
                     f"({len(features)}, {layout.get('columns')}); the FeatureSet is corrupt"
                 )
         return cls(features=features, tokens=tokens, manifest=manifest, blocks=blocks)
+
+
+def _optional_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    values = frame[name].to_numpy(dtype=object) if name in frame else np.full(len(frame), None)
+    return np.array([None if pd.isna(v) else str(v) for v in values], dtype=object)
 
 
 def _check_columns(path: Path, name: str, frame: pd.DataFrame, expected: list[str]) -> None:

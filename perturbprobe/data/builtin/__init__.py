@@ -66,6 +66,7 @@ def _easy_qa_rows() -> Iterator[tuple[str, dict]]:
             row = json.loads(line)
             if row.get("category") in _NUMERIC_CATEGORIES:
                 row.setdefault("grader", "numeric")
+            row.setdefault("domain", row.get("category"))
             yield f"builtin:easy-qa line {number}", row
 
 
@@ -114,6 +115,7 @@ def arithmetic_rows(n: int, seed: int) -> list[dict]:
             {
                 "id": f"arithmetic-{seed}-{index + 1:04d}",
                 "category": category,
+                "domain": "arithmetic",
                 "question": templates[0].format(a=a, b=b),
                 "answers": [str(result)],
                 "wrong_answers": _near_misses(result, rng),
