@@ -128,12 +128,16 @@ def test_bundle_files_and_manifest(saved, featureset):
     assert manifest["schema"] == SCHEMA and manifest["token_schema"] == []
     assert manifest["probe"]["name"] == "lightgbm"
     assert manifest["probe"]["params"]["n_estimators"] == 60
-    validation = np.isin(featureset.record_ids, manifest_split(saved)["validation"])
-    validation &= featureset.sources == "generated"  # calibration uses the LLM's own answers
+    # The calibrator is fitted on the out-of-fold scores of every training answer of the LLM.
+    split = manifest_split(saved)
+    assert split["validation"] == [] and len(split["test"]) > 0
+    calibrated = np.isin(featureset.record_ids, split["train"])
+    calibrated &= featureset.sources == "generated"  # calibration uses the LLM's own answers
     assert manifest["calibrator"] == {
         "name": "isotonic",
-        "rows": int(validation.sum()),
-        "positive_rate": round(float(featureset.y[validation].mean()), 6),
+        "rows": int(calibrated.sum()),
+        "positive_rate": round(float(featureset.y[calibrated].mean()), 6),
+        "fitted_on": "out-of-fold scores, folds by question",
     }
     sources = manifest["training"]["sources"]
     assert set(sources) == {"generated", "gold", "wrong"}

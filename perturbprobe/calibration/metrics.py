@@ -102,6 +102,23 @@ def _check_n_bins(n_bins: Any) -> int:
     return int(n_bins)
 
 
+def _check_bootstrap(n_bootstrap: Any, confidence_level: Any, random_state: Any) -> int:
+    """Check the bootstrap settings of :func:`evaluate_confidence`; return ``n_bootstrap``."""
+    if (
+        isinstance(n_bootstrap, bool)
+        or not isinstance(n_bootstrap, (int, np.integer))
+        or (n_bootstrap < 0)
+    ):
+        raise CalibrationError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
+    if not 0.0 < confidence_level < 1.0:
+        raise CalibrationError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
+    if random_state is not None and (
+        isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer))
+    ):
+        raise CalibrationError(f"random_state must be an int or None, got {random_state!r}")
+    return int(n_bootstrap)
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise CalibrationError(f"{name} must be one of {choices}; got {value!r}")
@@ -802,18 +819,7 @@ def evaluate_confidence(
     """
     y_arr, p_arr = _validate(y, p)
     n_bins = _check_n_bins(n_bins)
-    if (
-        isinstance(n_bootstrap, bool)
-        or not isinstance(n_bootstrap, (int, np.integer))
-        or (n_bootstrap < 0)
-    ):
-        raise CalibrationError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
-    if not 0.0 < confidence_level < 1.0:
-        raise CalibrationError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
-    if random_state is not None and (
-        isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer))
-    ):
-        raise CalibrationError(f"random_state must be an int or None, got {random_state!r}")
+    n_bootstrap = _check_bootstrap(n_bootstrap, confidence_level, random_state)
 
     full = _Batch(y_arr[None, :], p_arr[None, :])
     values = {name: float(core(full, n_bins)[0]) for name, core in _CORES.items()}
@@ -821,7 +827,7 @@ def evaluate_confidence(
         _warn_undefined(_RANKING, y_arr)
 
     resampled: dict[str, list[np.ndarray]] = {name: [] for name in _CORES}
-    for batch in _bootstrap_batches(y_arr, p_arr, int(n_bootstrap), random_state):
+    for batch in _bootstrap_batches(y_arr, p_arr, n_bootstrap, random_state):
         for name, core in _CORES.items():
             resampled[name].append(core(batch, n_bins))
     tail = (1.0 - confidence_level) / 2.0

@@ -29,7 +29,8 @@ import pandas as pd
 from .._io import atomic_write
 from .._version import __version__
 from ..errors import CalibrationError
-from .metrics import METRICS, MetricValue, evaluate_confidence
+from .domains import DOMAIN_METRICS, evaluate_domains, has_groups
+from .metrics import METRICS, MetricInfo, MetricValue, evaluate_confidence
 from .plots import (
     figure_to_png_bytes,
     panel_grid,
@@ -43,6 +44,7 @@ __all__ = ["Report", "build_report"]
 
 TOP_IMPORTANCES = 20
 _DIGITS = 3
+_INFO: dict[str, MetricInfo] = {**METRICS, **DOMAIN_METRICS}  # what the page knows about
 # Known figures: heading and caption, in page order; other keys follow under their own name.
 _FIGURES = {
     "reliability": (
@@ -76,6 +78,7 @@ _GROUPS = (
         "Ranking and selective prediction",
         (
             "auroc",
+            "within_domain_auroc",
             "auprc_correct",
             "auprc_incorrect",
             "aurc",

@@ -112,11 +112,11 @@ def bundle_split(bundle: ProbeBundle, featureset: FeatureSet) -> QuestionSplit:
     for name in ("train", "validation", "test"):
         ids = bundle.split.get(name, [])
         missing = [record_id for record_id in ids if record_id not in position]
-        if missing or not ids:
+        if missing or (not ids and name != "validation"):
             raise BundleError(
                 f"the features lack {len(missing) or 'all'} of the bundle's {name} records "
                 f"(e.g. {missing[:1] or ids[:1]}); an ablation refits the probe, so it needs the "
                 "features the bundle was fitted on"
             )
-        parts.append(np.sort([position[record_id] for record_id in ids]))
+        parts.append(np.sort(np.array([position[record_id] for record_id in ids], dtype=np.int64)))
     return QuestionSplit(*parts)

@@ -1,20 +1,27 @@
-"""The fit workflow (``perturbprobe fit``): split, fit, calibrate, set abstention, evaluate.
+"""The fit workflow (``perturbprobe fit``): split, select, fit, calibrate, set abstention, evaluate.
 
-1. Split the records train / validation / test by question (:func:`split_by_question`).
-2. With ``probe="auto"`` (the default), choose the probe and its families by grouped
-   cross-validation on the training part (:mod:`.selection`); fit it on the training part
-   (gold and wrong answers weighted by ``teacher_forced_weight``).
-3. Fit the calibrator on the validation part, and the same kind of calibrator on each
-   baseline score (so the report compares calibrated with calibrated).
-4. Optionally choose a risk-controlled abstention threshold on the test part (it was used for
-   neither the probe nor the calibrator, which the guarantee needs); the candidate
-   thresholds come from the validation part.
-5. Evaluate the probe and the baselines on the test part; the report goes into the bundle,
-   with a shift reference built from the validation and test answers.
+1. Hold out a test part of the records, by question (:func:`holdout_split`; ``holdout=0``:
+   none, the cross-validation table is then the estimate).
+2. Cross-validate on the other (training) records: with ``probe="auto"`` every candidate probe
+   × families (:mod:`.selection`), else the named probe alone. When the training answers come
+   from at least three domains, the folds leave one *domain* out (``select_by="auto"``), so
+   the choice is the one that does best on kinds of questions it did not see; otherwise they
+   are grouped by question.
+3. Refit the chosen probe on every training record (gold and wrong answers weighted by
+   ``teacher_forced_weight``), and fit the calibrator on the cross-fitted out-of-fold scores
+   of every training answer — the scores of models that did not see those answers, so the
+   calibration data is all the training data instead of a fifth of it. With leave-one-domain-
+   out folds the map is calibrated on domains the probe had not seen, as in production.
+   Each baseline score gets the same kind of calibrator on the same answers.
+4. Optionally choose a risk-controlled abstention threshold on the test part (the guarantee
+   needs answers that neither probe nor calibrator saw); candidates come from the training
+   answers' calibrated out-of-fold confidences.
+5. Evaluate the shipped probe and the baselines on the test part (or, with no test part,
+   report the cross-validated scores); the report goes into the bundle, with a shift
+   reference built from out-of-fold and test scores.
 
-The validation and test parts are restricted to the LLM's own answers (source
-``generated``) when there are any: gold and wrong answers help training, but production
-scores generated answers, so calibration and metrics are measured on those.
+Calibration, selection and metrics use the LLM's own answers (source ``generated``) when
+there are any: gold and wrong answers help training, but production scores generated answers.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from ..calibration.calibrators import make_calibrator
+from ..calibration.report import build_report
 from ..calibration.risk_control import risk_controlled_threshold, threshold_candidates
 from ..calibration.shift import MIN_BATCH, ShiftReference
 from ..errors import ProbeError
@@ -35,21 +43,23 @@ from ..features import FeatureSet
 from .base import Probe, make_probe, probe_class
 from .baselines import baseline_scores
 from .bundle import ProbeBundle
-from .evaluation import count_values, evaluate_bundles
-from .selection import Candidate, default_candidates, select_probe
-from .splits import QuestionSplit, split_by_question
+from .evaluation import count_values, evaluate_bundles, probe_label
+from .selection import Candidate, Selection, cross_fitted_platt, default_candidates, select_probe
+from .splits import MIN_DOMAINS, QuestionSplit, holdout_split
 
-__all__ = ["MIN_PER_CLASS", "TEACHER_FORCED_WEIGHT", "fit_bundle"]
+__all__ = ["MIN_PER_CLASS", "SELECT_BY", "TEACHER_FORCED_WEIGHT", "fit_bundle"]
 
 logger = logging.getLogger(__name__)
 
-# Below this many correct (or incorrect) answers a train/validation/test split leaves too few
-# of that class in each part for a calibrator or a metric to mean anything.
+# Below this many correct (or incorrect) answers the folds and the test part hold too few of
+# that class for a calibrator or a metric to mean anything.
 MIN_PER_CLASS = 20
 
 # Training weight of gold and wrong (teacher-forced) answers relative to the LLM's own; see
 # benchmarks/probe_quality.py --composition for the measurement behind the default.
 TEACHER_FORCED_WEIGHT = 1.0
+
+SELECT_BY = ("auto", "question", "domain")
 
 
 def fit_bundle(
@@ -62,12 +72,12 @@ def fit_bundle(
     teacher_forced_weight: float = TEACHER_FORCED_WEIGHT,
     candidates: Sequence[Candidate] | None = None,
     selection_folds: int = 5,
+    select_by: str = "auto",
     target_risk: float | None = None,
     delta: float = 0.1,
     heldout_sources: Sequence[str] | None = None,
     split: QuestionSplit | None = None,
-    validation_fraction: float = 0.2,
-    test_fraction: float = 0.2,
+    holdout: float = 0.2,
     random_state: int = 0,
     n_bootstrap: int = 1000,
     progress: bool = False,
@@ -79,14 +89,11 @@ def fit_bundle(
     featureset : FeatureSet
         Labelled features (e.g. from :func:`perturbprobe.extract`).
     probe : str or Probe
-        ``auto`` (default: grouped cross-validation on the training part over
-        ``candidates``, see :mod:`.selection`), ``lightgbm``, ``logistic``, ``logistic-cv``,
-        ``stacking``, ``ccps`` or ``ccps-cnn``, or an unfitted probe instance.
+        ``auto`` (default: cross-validation on the training part over ``candidates``, see
+        :mod:`.selection`), ``lightgbm``, ``logistic``, ``logistic-cv``, ``stacking``,
+        ``ccps`` or ``ccps-cnn``, or an unfitted probe instance.
     calibrator : str
         ``platt`` (default), ``isotonic``, ``temperature``, ``histogram`` or ``none``.
-        Platt is the default because calibration sets are small (a fifth of the LLM's own
-        answers): on the default LLM's 182 validation answers isotonic regression tied
-        scores into steps, cost ~0.03 AUROC and raised the NLL (0.70 vs 0.51).
     probe_params : dict, optional
         Hyper-parameters for a probe given by name.
     families : sequence of str, optional
@@ -99,21 +106,30 @@ def fit_bundle(
     candidates : sequence of Candidate, optional
         What ``auto`` compares (default :func:`default_candidates`).
     selection_folds : int
-        Folds of ``auto``'s cross-validation.
+        Folds of the question-grouped cross-validation.
+    select_by : {"auto", "question", "domain"}
+        Folds of the cross-validation: ``domain`` leaves one domain out (needs at least
+        :data:`~perturbprobe.probes.splits.MIN_DOMAINS` domains with both classes),
+        ``question`` groups by question, ``auto`` takes ``domain`` when the training
+        answers have enough domains. With ``domain`` and ``auto``, the report also shows the
+        question-grouped table.
     target_risk, delta : float
         With ``target_risk`` r, store an abstention threshold keeping the selective risk
-        ≤ r with probability ≥ 1 − ``delta``.
+        ≤ r with probability ≥ 1 − ``delta`` (certified on the test part).
     heldout_sources : sequence of str, optional
-        Sources of the validation and test rows used for calibration and metrics; default
+        Sources of the rows used for selection, calibration and metrics; default
         ``("generated",)`` when there are generated answers, else all.
     split : QuestionSplit, optional
-        Row positions of each part (default: :func:`split_by_question` with the fractions).
+        Row positions of the parts (default :func:`holdout_split` with ``holdout``); a
+        validation part, if any, is used for training like the training part.
+    holdout : float in [0, 1)
+        Share of the questions held out for the test part (0: none).
     random_state : int
-        Seeds the split, the probe (unless given as an instance) and the bootstrap.
+        Seeds the split, the folds, the probe (unless given as an instance) and the bootstrap.
     n_bootstrap : int
         Resamples of the metrics' confidence intervals.
     progress : bool
-        Progress bar over ``auto``'s fits.
+        Progress bar over the cross-validation fits.
 
     Returns
     -------
@@ -127,72 +143,89 @@ def fit_bundle(
         raise ProbeError(f"teacher_forced_weight must be >= 0, got {teacher_forced_weight}")
     if probe_params and not isinstance(probe, str):
         raise ProbeError("probe_params only apply to a probe given by name")
+    if select_by not in SELECT_BY:
+        raise ProbeError(f"select_by must be one of {', '.join(SELECT_BY)}, got {select_by!r}")
     if split is None:
-        split = split_by_question(
-            featureset.question_ids,
-            y,
-            validation_fraction=validation_fraction,
-            test_fraction=test_fraction,
-            random_state=random_state,
+        split = holdout_split(
+            featureset.question_ids, y, holdout=holdout, random_state=random_state
         )
-    validation, test = (_heldout(featureset, rows, heldout_sources) for rows in split.parts[1:])
-    train, weights = _training_rows(featureset, split.train, teacher_forced_weight)
+    rest = np.sort(np.concatenate([split.train, split.validation]))
+    test = _heldout(featureset, split.test, heldout_sources) if len(split.test) else split.test
+    if target_risk is not None and len(test) == 0:
+        raise ProbeError(
+            "an abstention threshold (target_risk) is certified on held-out answers; "
+            "pass a holdout > 0"
+        )
+    train, weights = _training_rows(featureset, rest, teacher_forced_weight)
+    evaluated = _heldout(featureset, rest, heldout_sources)
     questions = np.asarray(featureset.question_ids, dtype=object)
+    fold_by = _fold_by(select_by, featureset, evaluated)
 
-    selection = None
-    if isinstance(probe, str) and probe == "auto":
+    auto = isinstance(probe, str) and probe == "auto"
+    if auto:
         if probe_params:
             raise ProbeError("probe_params do not apply to --probe auto; name the probe")
-        candidates = list(candidates or default_candidates(featureset))
-        if families is not None:
-            candidates = [
-                Candidate(c.probe, tuple(f for f in c.families if f in families))
-                for c in candidates
-                if set(c.families) & set(families)
-            ]
-        evaluated = _heldout(featureset, train, heldout_sources)
-        selection = select_probe(
+        candidates = _restrict(list(candidates or default_candidates(featureset)), families)
+    else:
+        name = probe if isinstance(probe, str) else probe.name
+        candidates = [Candidate(name, tuple(families or ()))]
+
+    def build(candidate: Candidate):
+        chosen = candidate.probe if auto else probe
+        wanted = candidate.families if auto else families
+        params = None if auto else probe_params
+        return _build(featureset, chosen, wanted, params, random_state)[:2]
+
+    def cross_validate(by: str) -> Selection:
+        return select_probe(
             featureset,
             train,
-            lambda c: _build(featureset, c.probe, c.families, None, random_state)[:2],
+            build,
             candidates,
             evaluation_rows=evaluated,
             sample_weight=weights,
             n_folds=selection_folds,
+            fold_by=by,
             random_state=random_state,
             progress=progress,
         )
-        probe, families = selection.best.probe, selection.best.families
+
+    selection = cross_validate(fold_by)
+    tables = {fold_by: selection.table}
+    if auto and fold_by == "domain" and select_by == "auto":
+        tables["question"] = cross_validate("question").table
+    best = selection.best
     estimator, inputs, schema, token_schema, blocks = _build(
-        featureset, probe, families, probe_params, random_state
+        featureset,
+        best.probe if auto else probe,
+        best.families if auto else families,
+        probe_params,
+        random_state,
     )
     _check_weights(estimator, weights)
-    logger.info(
-        "fitting %s on %d records (%d validation, %d test)",
-        estimator.name,
-        len(train),
-        len(validation),
-        len(test),
-    )
+    logger.info("fitting %s on %d records (%d test answers)", estimator.name, len(train), len(test))
     estimator.fit(
         inputs(train),
         y[train],
         groups=questions[train],
         sample_weight=None if weights is None else weights[train],
     )
-    raw_validation = estimator.predict_proba(inputs(validation))[:, 1]
-    calibrator_obj.fit(raw_validation, y[validation])
+    oof = selection.scores[best.label]
+    scored = evaluated[np.isfinite(oof[evaluated])]  # rows of the folds that were scored
+    calibrator_obj.fit(oof[scored], y[scored])
+    baseline_raw = baseline_scores(featureset.features)
     baselines = {
-        name: make_calibrator(calibrator).fit(score[validation], y[validation])
-        for name, score in baseline_scores(featureset.features).items()
+        name: make_calibrator(calibrator).fit(score[scored], y[scored])
+        for name, score in baseline_raw.items()
     }
 
     ids = np.asarray(featureset.record_ids, dtype=object)
+    selection_table = _selection_table(tables)
     bundle = ProbeBundle(
         probe=estimator,
         calibrator=calibrator_obj,
         baseline_calibrators=baselines,
-        split={part: ids[rows].tolist() for part, rows in zip(_PARTS, split.parts, strict=True)},
+        split={"train": ids[rest].tolist(), "validation": [], "test": ids[split.test].tolist()},
         manifest={
             "llm": featureset.manifest["llm"],
             "extractor": featureset.manifest["config"],
@@ -202,38 +235,39 @@ def fit_bundle(
             "probe": {"name": estimator.name, "params": _json_params(estimator)},
             "calibrator": {
                 "name": calibrator_obj.name,
-                "rows": len(validation),
-                "positive_rate": round(float(y[validation].mean()), 6),
+                "rows": len(scored),
+                "positive_rate": round(float(y[scored].mean()), 6),
+                "fitted_on": f"out-of-fold scores, folds by {fold_by}",
             },
             "training": {
                 "records": len(train),
                 "positive_rate": round(float(y[train].mean()), 4),
                 "sources": count_values(featureset.sources[train]),
+                "domains": count_values(featureset.domains[train]),
                 "teacher_forced_weight": teacher_forced_weight,
-                "split": {"validation": len(validation), "test": len(test), "seed": random_state},
-                "heldout_sources": sorted(set(featureset.sources[test].tolist())),
+                "split": {"test": len(test), "holdout": holdout, "seed": random_state},
+                "heldout_sources": sorted(set(featureset.sources[evaluated].tolist())),
             },
-            "selection": None if selection is None else selection.to_dict(),
+            "selection": None if not auto else selection.to_dict(),
         },
     )
+    test_raw = bundle.predict_raw(featureset.subset(test)) if len(test) else np.zeros(0)
     bundle.shift_reference = _shift_reference(
-        bundle, featureset, np.concatenate([validation, test])
+        bundle, featureset, np.concatenate([scored, test]), np.concatenate([oof[scored], test_raw])
     )
     if target_risk is not None:
-        reference = calibrator_obj.transform(raw_validation)  # validation confidences (m,)
+        reference = calibrator_obj.transform(oof[scored])  # training answers' confidences
         bundle.abstention = _abstention(bundle, featureset, reference, test, target_risk, delta)
-    bundle.report = evaluate_bundles(
-        bundle,
-        featureset,
-        rows=test,
-        n_bootstrap=n_bootstrap,
-        selection=None if selection is None else selection.table,
-    )
+    if len(test):
+        bundle.report = evaluate_bundles(
+            bundle, featureset, rows=test, n_bootstrap=n_bootstrap, selection=selection_table
+        )
+    else:
+        bundle.report = _cross_validated_report(
+            bundle, featureset, scored, oof, baseline_raw, selection, selection_table, n_bootstrap
+        )
     bundle.manifest["metrics"] = bundle.report.to_json()["metrics"]
     return bundle
-
-
-_PARTS = ("train", "validation", "test")
 
 
 def _check_classes(y: np.ndarray) -> None:
@@ -323,14 +357,83 @@ def _training_rows(featureset: FeatureSet, rows: np.ndarray, weight: float):
     return rows, np.where(teacher_forced, float(weight), 1.0)
 
 
-def _shift_reference(bundle: ProbeBundle, featureset: FeatureSet, rows: np.ndarray):
-    """The in-distribution reference of the shift warning, from held-out rows ``rows``
-    (None, with a warning, when there are too few)."""
+def _shift_reference(bundle: ProbeBundle, featureset: FeatureSet, rows: np.ndarray, raw):
+    """The in-distribution reference of the shift warning, from answers ``rows`` with raw
+    probe scores ``raw`` of models that did not see them (None, with a warning, when there
+    are too few)."""
     if len(rows) < MIN_BATCH:
         logger.warning("only %d held-out answers: the bundle gets no shift reference", len(rows))
         return None
+    return ShiftReference.fit(bundle.shift_values(featureset.subset(rows), raw))
+
+
+def _fold_by(select_by: str, featureset: FeatureSet, evaluated: np.ndarray) -> str:
+    """``question`` or ``domain``: the cross-validation folds ``select_by`` asks for."""
+    if select_by == "question":
+        return "question"
+    domains, y = featureset.domains[evaluated], featureset.y[evaluated]
+    usable = [
+        name
+        for name in dict.fromkeys(domains.tolist())
+        if name is not None and len(set(y[domains == name].tolist())) == 2
+    ]
+    if len(usable) >= MIN_DOMAINS:
+        return "domain"
+    if select_by == "domain":
+        known = sorted({str(name) for name in domains.tolist() if name is not None})
+        raise ProbeError(
+            f"selection by domain needs answers from at least {MIN_DOMAINS} domains with both "
+            f"correct and incorrect answers; the training answers have {len(usable)} "
+            f"({', '.join(known[:10]) or 'no domain recorded'}); use --select-by question"
+        )
+    return "question"
+
+
+def _restrict(candidates: list[Candidate], families: Sequence[str] | None) -> list[Candidate]:
+    """The candidates on the given families only (all when None)."""
+    if families is None:
+        return candidates
+    return [
+        Candidate(c.probe, tuple(f for f in c.families if f in families))
+        for c in candidates
+        if set(c.families) & set(families)
+    ]
+
+
+def _selection_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The cross-validation tables as one, the chosen scheme first, with a ``folds`` column."""
+    labels = {"domain": "leave one domain out", "question": "grouped by question"}
+    frames = [table.assign(folds=labels[by]) for by, table in tables.items()]
+    return pd.concat(frames)
+
+
+def _cross_validated_report(
+    bundle, featureset, rows, oof, baseline_raw, selection, table, n_bootstrap
+):
+    """With no test part: the report of the cross-fitted, calibrated out-of-fold scores."""
+    y = featureset.y[rows]
+    fold = selection.fold_of[rows]
+    scores = {probe_label(bundle): cross_fitted_platt(oof[rows], y, fold)}
+    for name, raw in baseline_raw.items():
+        scores[f"baseline: {name}"] = cross_fitted_platt(raw[rows], y, fold)
     part = featureset.subset(rows)
-    return ShiftReference.fit(bundle.shift_values(part, bundle.predict_raw(part)))
+    summary = {
+        "evaluated on": {
+            "records": len(y),
+            "correct": int(y.sum()),
+            "positive rate": round(float(y.mean()), 4),
+            "sources": count_values(part.sources),
+            "what": f"cross-validated out-of-fold scores (folds by {selection.fold_by}); "
+            "no held-out test part",
+        },
+        "LLM": bundle.manifest["llm"],
+        "probe": bundle.manifest["probe"],
+        "training": bundle.manifest["training"],
+    }
+    return build_report(
+        y, scores, primary=probe_label(bundle), summary=summary, selection=table,
+        n_bootstrap=n_bootstrap,
+    )  # fmt: skip
 
 
 def _check_weights(estimator: Probe, weights) -> None:

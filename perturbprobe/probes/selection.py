@@ -1,9 +1,11 @@
-"""Model selection for ``fit --probe auto``: grouped cross-validation over probes × families.
+"""Model selection for ``fit --probe auto``: cross-validation over probes × families.
 
 With a few hundred labelled answers a single validation split picks noise, so every candidate
 (a probe on a set of feature families) is cross-validated on the *training* questions only:
 
-1. the training rows are split into ``n_folds`` folds grouped by question (stratified by label);
+1. the training rows are split into folds: ``n_folds`` grouped by question (stratified by
+   label), or — ``fold_by="domain"`` — one per domain (leave one domain out), so a candidate
+   is judged on kinds of questions it did not see, as it will be in production;
 2. each candidate is fitted on all folds but one and predicts the held-out fold's evaluation
    rows (the LLM's own, ``generated``, answers when there are any);
 3. the pooled out-of-fold scores are Platt-calibrated *across* folds (each fold's scores by a
@@ -12,8 +14,9 @@ With a few hundred labelled answers a single validation split picks noise, so ev
 4. the candidate with the lowest log-loss wins; ties within 1e-4 go to the earlier (simpler)
    candidate.
 
-The table (log-loss with its spread over folds, AUROC, Brier, fit time) goes into the bundle's
-report, so a reader sees how close the runners-up were.
+The table (log-loss with its spread over folds, AUROC, within-domain AUROC, Brier, fit time)
+goes into the bundle's report, so a reader sees how close the runners-up were. The out-of-fold
+scores of every candidate are kept: the bundle's calibrator is fitted on the chosen one's.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ from ..calibration.metrics import brier_score_loss, log_loss, roc_auc_score
 from ..errors import ProbeError
 from ..features import FeatureSet
 from .logistic_cv import cv_folds
+from .splits import domain_folds
 
-__all__ = ["Candidate", "Selection", "default_candidates", "select_probe"]
+__all__ = ["FOLD_BY", "Candidate", "Selection", "default_candidates", "select_probe"]
+
+FOLD_BY = ("question", "domain")
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +67,31 @@ class Selection:
     best : Candidate
     table : DataFrame
         One row per candidate (index: its label), best first: ``log_loss`` (pooled),
-        ``log_loss_sd`` (over folds), ``auroc``, ``brier``, ``features``, ``seconds``.
+        ``log_loss_sd`` (over folds), ``auroc``, ``within_domain_auroc``, ``brier``,
+        ``features``, ``seconds``.
     n_folds : int
     rows : int
         Evaluation rows the scores were computed on.
+    fold_by : {"question", "domain"}
+    scores : dict of str to ndarray (n_records,)
+        Every candidate's raw out-of-fold scores by label (NaN outside the evaluation rows).
+    fold_of : int ndarray (n_records,)
+        The fold that held each record out (-1: none).
     """
 
     best: Candidate
     table: pd.DataFrame
     n_folds: int
     rows: int
+    fold_by: str = "question"
+    scores: dict[str, np.ndarray] | None = None
+    fold_of: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready summary for a bundle manifest."""
         return {
             "best": {"probe": self.best.probe, "families": list(self.best.families)},
+            "fold_by": self.fold_by,
             "n_folds": self.n_folds,
             "rows": self.rows,
             "table": self.table.reset_index().to_dict("records"),
@@ -121,6 +137,7 @@ def select_probe(
     evaluation_rows: np.ndarray,
     sample_weight: np.ndarray | None = None,
     n_folds: int = 5,
+    fold_by: str = "question",
     random_state: int = 0,
     progress: bool = False,
 ) -> Selection:
@@ -141,7 +158,10 @@ def select_probe(
     sample_weight : float array (n_records,), optional
         Training weight of every record of ``featureset``.
     n_folds : int
-        Folds, grouped by question.
+        Folds grouped by question (``fold_by="question"``).
+    fold_by : {"question", "domain"}
+        ``domain``: leave one domain out (:func:`~perturbprobe.probes.splits.domain_folds`;
+        needs the FeatureSet's domains).
     random_state : int
         Seeds the folds and the probes.
     progress : bool
@@ -150,14 +170,24 @@ def select_probe(
     Raises
     ------
     ProbeError
-        Too few questions for the folds, or evaluation rows of one class.
+        Too few questions (domains) for the folds, or evaluation rows of one class.
     """
     if not candidates:
         raise ProbeError("no candidate probes to select from")
+    if fold_by not in FOLD_BY:
+        raise ProbeError(f"fold_by must be one of {', '.join(FOLD_BY)}, got {fold_by!r}")
     y = featureset.y
     questions = np.asarray(featureset.question_ids, dtype=object)
-    folds = _folds(rows, y, questions, n_folds, random_state)
-    evaluated = np.isin(rows, evaluation_rows)
+    domains = featureset.domains
+    if fold_by == "domain":
+        mask = np.zeros(len(y), dtype=bool)
+        mask[evaluation_rows] = True
+        folds = domain_folds(rows, domains, y, mask)
+    else:
+        folds = _folds(rows, y, questions, n_folds, random_state)
+    evaluated = np.isin(rows, evaluation_rows) & np.isin(
+        rows, np.concatenate([h for _, h in folds])
+    )
     fold_of = np.full(len(y), -1)
     for k, (_, held) in enumerate(folds):
         fold_of[held] = k
@@ -167,7 +197,7 @@ def select_probe(
             "the model selection's evaluation answers are all of one class; collect more "
             "questions or pass a single probe instead of auto"
         )
-    results = []
+    results, oof = [], {}
     bar = tqdm(
         total=len(candidates) * len(folds), desc="selecting", unit="fit", disable=not progress
     )
@@ -182,7 +212,8 @@ def select_probe(
                 target = held[np.isin(held, scored)]
                 scores[target] = probe.predict_proba(inputs(target))[:, 1]
                 bar.update()
-            row = _summarise(candidate, scores[scored], y[scored], fold_of[scored])
+            oof[candidate.label] = scores
+            row = _summarise(candidate, scores[scored], y[scored], fold_of[scored], domains[scored])
             row["features"] = int(probe.n_features_in_)
             row["seconds"] = round(time.perf_counter() - start, 1)
             results.append(row)
@@ -194,7 +225,7 @@ def select_probe(
         if results[i]["log_loss"] <= results[best]["log_loss"] + _TIE and i < best:
             best = i
     table = table.iloc[[best] + [i for i in order if i != best]]
-    return Selection(candidates[best], table, len(folds), len(scored))
+    return Selection(candidates[best], table, len(folds), len(scored), fold_by, oof, fold_of)
 
 
 def _folds(rows, y, questions, n_folds, random_state):
@@ -203,10 +234,9 @@ def _folds(rows, y, questions, n_folds, random_state):
     return [(rows[train], rows[held]) for train, held in folds]
 
 
-def _summarise(candidate, scores, y, fold) -> dict:
-    """Cross-fitted Platt calibration of the pooled out-of-fold scores, then the metrics."""
+def cross_fitted_platt(scores: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each fold's scores (n,) Platt-calibrated by a map fitted on the other folds' scores."""
     calibrated = np.empty_like(scores)
-    per_fold = []
     for k in np.unique(fold):
         inside, outside = fold == k, fold != k
         if len(set(y[outside].tolist())) < 2:
@@ -214,9 +244,16 @@ def _summarise(candidate, scores, y, fold) -> dict:
                 "too few answers for the model selection's cross-fitted calibration (the "
                 "other folds hold one class only); pass a single probe instead of auto"
             )
-        platt = PlattCalibrator().fit(scores[outside], y[outside])
-        calibrated[inside] = platt.transform(scores[inside])
-        per_fold.append(log_loss(y[inside], calibrated[inside]))
+        calibrated[inside] = (
+            PlattCalibrator().fit(scores[outside], y[outside]).transform(scores[inside])
+        )
+    return calibrated
+
+
+def _summarise(candidate, scores, y, fold, domains) -> dict:
+    """Cross-fitted Platt calibration of the pooled out-of-fold scores, then the metrics."""
+    calibrated = cross_fitted_platt(scores, y, fold)
+    per_fold = [log_loss(y[fold == k], calibrated[fold == k]) for k in np.unique(fold)]
     return {
         "candidate": candidate.label,
         "probe": candidate.probe,
@@ -224,5 +261,16 @@ def _summarise(candidate, scores, y, fold) -> dict:
         "log_loss": round(float(log_loss(y, calibrated)), 4),
         "log_loss_sd": round(float(np.std(per_fold)), 4),
         "auroc": round(float(roc_auc_score(y, scores)), 4),
+        "within_domain_auroc": round(_within_domain_auroc(y, scores, domains), 4),
         "brier": round(float(brier_score_loss(y, calibrated)), 4),
     }
+
+
+def _within_domain_auroc(y: np.ndarray, scores: np.ndarray, domains: np.ndarray) -> float:
+    """Mean over the known domains with both classes of the AUROC inside each (NaN if none)."""
+    values = [
+        roc_auc_score(y[domains == name], scores[domains == name])
+        for name in dict.fromkeys(domains.tolist())
+        if name is not None and len(set(y[domains == name].tolist())) == 2
+    ]
+    return float(np.mean(values)) if values else float("nan")
