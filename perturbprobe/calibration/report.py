@@ -29,7 +29,7 @@ import pandas as pd
 from .._io import atomic_write
 from .._version import __version__
 from ..errors import CalibrationError
-from .domains import DOMAIN_METRICS, evaluate_domains, has_groups
+from .domains import DOMAIN_METRICS, evaluate_domains, group_labels, has_groups
 from .metrics import METRICS, MetricInfo, MetricValue, evaluate_confidence
 from .plots import (
     figure_to_png_bytes,
@@ -98,6 +98,22 @@ _READING = (
     "resamples for every score (paired). Binned errors (ECE, MCE) are biased upward on "
     "resamples, so their intervals lean high. The best value per metric is in bold."
 )
+_GROUP_NOTE = (
+    "Each {what}'s number of answers and the LLM's accuracy there (fraction correct), then the "
+    "score inside the {what}: its mean confidence (close to the accuracy when calibrated), "
+    "AUROC with a 95% interval (resampling the {what}'s correct and incorrect answers "
+    "separately; n/a when all its answers are correct, or all incorrect), ECE and Brier "
+    "(point estimates; binned errors of small {what}s lean high). Shown in full: the primary "
+    "score and the other score with the best mean AUROC per {what}."
+)
+_GROUP_COLUMNS = (
+    ("n", "n"),
+    ("accuracy", "accuracy"),
+    ("mean_confidence", "mean confidence"),
+    ("auroc", "AUROC&nbsp;&uarr;"),
+    ("ece", "ECE&nbsp;&darr;"),
+    ("brier", "Brier&nbsp;&darr;"),
+)
 _CSS = """
 body{margin:0;background:#f3f4f6;color:#1f2328;
  font:15px/1.55 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,
@@ -163,6 +179,14 @@ class Report:
     figures : dict of str to bytes
         PNG images by name. ``"reliability"`` (the primary score's diagram) is also written
         as ``reliability.png``; known names get a heading and caption, others their name.
+    domain_table : pandas DataFrame, optional
+        Metrics within each domain, for every score: index (score, domain), columns
+        :data:`~perturbprobe.calibration.domains.DOMAIN_COLUMNS` (n, accuracy,
+        mean_confidence, auroc, auroc_low, auroc_high, ece, brier); see
+        :func:`~perturbprobe.calibration.domains.evaluate_domains`. None when the answers
+        have no domain (then ``metrics`` has no ``within_domain_auroc`` either).
+    format_table : pandas DataFrame, optional
+        The same by answer format: index (score, format).
     """
 
     title: str
@@ -173,6 +197,8 @@ class Report:
     ablation: pd.DataFrame | None = None
     selection: pd.DataFrame | None = None
     figures: dict[str, bytes] = field(default_factory=dict)
+    domain_table: pd.DataFrame | None = None
+    format_table: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if self.primary not in self.metrics:
@@ -190,23 +216,29 @@ class Report:
             ``title``, ``primary``, ``perturbprobe_version``, ``metrics`` (score → metric →
             ``{"value", "low", "high"}``), ``summary``, ``importances`` (feature → value, or
             None), ``ablation`` and ``selection`` (pandas "split" layout: columns, index, data;
-            or None).
+            or None); given domains or formats, also ``domain_table`` / ``format_table``
+            (score → domain → column → value).
         """
-        return _jsonable(
-            {
-                "title": self.title,
-                "primary": self.primary,
-                "perturbprobe_version": __version__,
-                "metrics": {
-                    score: {name: value.to_dict() for name, value in row.items()}
-                    for score, row in self.metrics.items()
-                },
-                "summary": self.summary,
-                "importances": None if self.importances is None else self.importances.to_dict(),
-                "ablation": None if self.ablation is None else self.ablation.to_dict("split"),
-                "selection": None if self.selection is None else self.selection.to_dict("split"),
-            }
-        )
+        data = {
+            "title": self.title,
+            "primary": self.primary,
+            "perturbprobe_version": __version__,
+            "metrics": {
+                score: {name: value.to_dict() for name, value in row.items()}
+                for score, row in self.metrics.items()
+            },
+            "summary": self.summary,
+            "importances": None if self.importances is None else self.importances.to_dict(),
+            "ablation": None if self.ablation is None else self.ablation.to_dict("split"),
+            "selection": None if self.selection is None else self.selection.to_dict("split"),
+        }
+        for key, table in (
+            ("domain_table", self.domain_table),
+            ("format_table", self.format_table),
+        ):
+            if table is not None:
+                data[key] = _group_table_json(table)
+        return _jsonable(data)
 
     # ---- HTML -----------------------------------------------------------------------------
     def to_html(self) -> str:
@@ -220,7 +252,10 @@ class Report:
             self._metric_definitions(),
             "<h2>Metrics</h2>",
         ]
+        if "within_domain_auroc" in self._metric_names():
+            sections.append(f'<p class="note">{self._within_domain_note()}</p>')
         sections += self._metrics_tables()
+        sections += self._group_sections()
         if self.selection is not None:
             sections += [
                 "<h2>Model selection</h2>",
@@ -290,6 +325,61 @@ class Report:
             f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
         )
 
+    def _within_domain_note(self) -> str:
+        text = (
+            "<strong>within_domain_auroc</strong> is the mean over domains of the AUROC inside "
+            "each domain: unlike the pooled AUROC, a score cannot raise it by recognising which "
+            "kind of question it is"
+        )
+        table = self.domain_table
+        if table is None or self.primary not in table.index.get_level_values(0):
+            return text + "."
+        rows = table.loc[self.primary]
+        used = int(rows["auroc"].notna().sum())
+        skipped = len(rows) - used
+        low, high = rows["accuracy"].min(), rows["accuracy"].max()
+        return (
+            f"{text} (the LLM is right on {low:.0%}&ndash;{high:.0%} of the answers, depending on "
+            f"the domain). It averages the {used} domains holding both correct and incorrect "
+            "answers"
+            + (
+                f" ({skipped} single-class domain{'s' if skipped > 1 else ''} skipped)"
+                if skipped
+                else ""
+            )
+            + "; its interval resamples the correct and the incorrect answers of each domain "
+            "separately, the same resamples for every score."
+        )
+
+    def _group_sections(self) -> list[str]:
+        parts = []
+        for table, heading, what in (
+            (self.domain_table, "By domain", "domain"),
+            (self.format_table, "By answer format", "format"),
+        ):
+            if table is None:
+                continue
+            parts += [f"<h2>{heading}</h2>", f'<p class="note">{_GROUP_NOTE.format(what=what)}</p>']
+            scores = list(dict.fromkeys(table.index.get_level_values(0)))
+            shown = _shown_scores(table, self.primary)
+            for score in shown:
+                parts += [self._score_heading(score), _group_table_html(table.loc[score], what)]
+            rest = [score for score in scores if score not in shown]
+            if rest:
+                inner = "".join(
+                    self._score_heading(score) + _group_table_html(table.loc[score], what)
+                    for score in rest
+                )
+                parts.append(
+                    f"<details><summary>The other {len(rest)} score{'s' if len(rest) > 1 else ''}"
+                    f" by {what}</summary>{inner}</details>"
+                )
+        return parts
+
+    def _score_heading(self, score: str) -> str:
+        badge = '<span class="badge">primary</span>' if score == self.primary else ""
+        return f"<h3>{_esc(score)}{badge}</h3>"
+
     def _figures_html(self) -> list[str]:
         ordered = [key for key in _FIGURES if key in self.figures]
         ordered += [key for key in self.figures if key not in _FIGURES]
@@ -344,6 +434,8 @@ def build_report(
     n_bins: int = 15,
     n_bootstrap: int = 1000,
     random_state: int | None = 0,
+    domains: Any | None = None,
+    formats: Any | None = None,
 ) -> Report:
     """Evaluate every score on the same rows and draw the report's figures.
 
@@ -371,6 +463,13 @@ def build_report(
         Bootstrap resamples (0: no intervals).
     random_state : int or None, default=0
         Seed of the resamples, shared by every score (paired intervals).
+    domains : array-like (n,), optional
+        Each answer's domain (str, None where unknown). When any is known, every score gains
+        a ``within_domain_auroc`` metric and the report a ``domain_table`` (see
+        :func:`~perturbprobe.calibration.domains.evaluate_domains`; its stratified resamples
+        are shared by every score too). None, or all None: the report is as without.
+    formats : array-like (n,), optional
+        Each answer's format, likewise: a ``format_table`` when any is known.
 
     Returns
     -------
@@ -389,6 +488,25 @@ def build_report(
             y, p, n_bins=n_bins, n_bootstrap=n_bootstrap, random_state=random_state
         )
     y_arr = np.asarray(y)
+    tables: dict[str, pd.DataFrame | None] = {"domain": None, "format": None}
+    for what, groups in (("domain", domains), ("format", formats)):
+        if groups is not None:
+            group_labels(groups, len(y_arr), f"{what}s")  # the length is checked even if all None
+        if not has_groups(groups):
+            continue
+        evaluation = evaluate_domains(
+            y,
+            scores,
+            groups,
+            n_bins=n_bins,
+            n_bootstrap=n_bootstrap,
+            random_state=random_state,
+            index_name=what,
+        )
+        tables[what] = evaluation.table
+        if what == "domain":
+            for name, value in evaluation.within.items():
+                metrics[name]["within_domain_auroc"] = value.metric_value()
     figures = {
         "reliability": figure_to_png_bytes(
             plot_reliability(y_arr, scores[primary], n_bins=n_bins, label=primary).figure
@@ -417,6 +535,8 @@ def build_report(
         ablation=ablation,
         selection=selection,
         figures=figures,
+        domain_table=tables["domain"],
+        format_table=tables["format"],
     )
 
 
@@ -426,21 +546,21 @@ def _esc(value: Any) -> str:
 
 
 def _describe(metric: str) -> str:
-    return METRICS[metric].description if metric in METRICS else "(not a built-in metric)"
+    return _INFO[metric].description if metric in _INFO else "(not a built-in metric)"
 
 
 def _arrow(metric: str) -> str:
-    if metric not in METRICS:
+    if metric not in _INFO:
         return ""
-    return "&uarr;" if METRICS[metric].higher_is_better else "&darr;"
+    return "&uarr;" if _INFO[metric].higher_is_better else "&darr;"
 
 
 def _best(metric: str, values: list[MetricValue | None]) -> float:
     """The best point estimate of ``metric`` at display precision (nan: none to highlight)."""
     finite = [round(v.value, _DIGITS) for v in values if v is not None and math.isfinite(v.value)]
-    if metric not in METRICS or not finite:
+    if metric not in _INFO or not finite:
         return math.nan
-    return max(finite) if METRICS[metric].higher_is_better else min(finite)
+    return max(finite) if _INFO[metric].higher_is_better else min(finite)
 
 
 def _metric_cell(value: MetricValue | None, best: float) -> str:
@@ -454,6 +574,46 @@ def _metric_cell(value: MetricValue | None, best: float) -> str:
         f'<td class="num{" best" if is_best else ""}">'
         f'<span class="v">{value.value:.{_DIGITS}f}</span>{interval}</td>'
     )
+
+
+def _shown_scores(table: pd.DataFrame, primary: str) -> list[str]:
+    """The scores of a per-group table shown in full: the primary and the other score with
+    the best mean per-group AUROC (the within-group AUROC), or the first other one."""
+    scores = list(dict.fromkeys(table.index.get_level_values(0)))
+    others = [score for score in scores if score != primary]
+    means = {score: table.loc[score, "auroc"].mean() for score in others}
+    finite = [score for score in others if math.isfinite(means[score])]
+    best = max(finite, key=means.__getitem__) if finite else (others[0] if others else None)
+    return [score for score in scores if score in (primary, best)]
+
+
+def _group_table_html(rows: pd.DataFrame, what: str) -> str:
+    """One score's per-group table: n, accuracy, mean confidence, AUROC [interval], ECE, Brier."""
+    head = "".join(f"<th>{label}</th>" for _, label in _GROUP_COLUMNS)
+    body = []
+    for group, row in rows.iterrows():
+        cells = [f'<td class="num">{int(row["n"]):,}</td>']
+        for column, _ in _GROUP_COLUMNS[1:]:
+            if column == "auroc":
+                value = MetricValue(row["auroc"], row["auroc_low"], row["auroc_high"])
+                cells.append(_metric_cell(value, math.nan))
+            else:
+                cells.append(f'<td class="num">{_format_cell(float(row[column]), _DIGITS)[0]}</td>')
+        body.append(f'<tr><td class="name">{_esc(group)}</td>{"".join(cells)}</tr>')
+    return (
+        f'<div class="scroll"><table class="groups"><thead><tr><th class="name">{_esc(what)}</th>'
+        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _group_table_json(table: pd.DataFrame) -> dict[str, dict[str, dict[str, Any]]]:
+    """A (score, group) table as score → group → column → value."""
+    nested: dict[str, dict[str, dict[str, Any]]] = {}
+    for (score, group), row in table.iterrows():
+        nested.setdefault(str(score), {})[str(group)] = {
+            column: (int(value) if column == "n" else float(value)) for column, value in row.items()
+        }
+    return nested
 
 
 def _importance_frame(importances: pd.Series) -> pd.DataFrame:

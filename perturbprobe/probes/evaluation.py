@@ -2,7 +2,9 @@
 
 Every score is evaluated on the same rows with the same bootstrap resamples, so the report's
 intervals compare like with like. The baselines (see :mod:`.baselines`) go through the
-calibrators stored in the bundle, fitted on the same validation rows as the probe's.
+calibrators stored in the bundle, fitted on the same validation rows as the probe's. When the
+records carry a domain (or an answer format), the report adds the within-domain AUROC and the
+per-domain (per-format) tables (see :mod:`perturbprobe.calibration.domains`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..calibration.domains import has_groups
 from ..calibration.report import Report, build_report
 from ..features import FeatureSet
 from .baselines import baseline_scores
@@ -71,6 +74,12 @@ def evaluate_bundles(
         A table from :func:`family_ablation`, shown in the report.
     selection : DataFrame, optional
         The model-selection table of ``fit --probe auto``, shown in the report.
+
+    Returns
+    -------
+    Report
+        With ``within_domain_auroc`` per score and ``domain_table`` when any evaluated record
+        has a domain, and ``format_table`` when any has an answer format (None otherwise).
     """
     bundles = [bundles] if isinstance(bundles, ProbeBundle) else list(bundles)
     if rows is None:
@@ -120,6 +129,8 @@ def evaluate_bundles(
         title=title,
         n_bootstrap=n_bootstrap,
         random_state=random_state,
+        domains=part.domains if has_groups(part.domains) else None,
+        formats=part.formats if has_groups(part.formats) else None,
     )
 
 
