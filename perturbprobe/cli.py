@@ -1127,17 +1127,31 @@ def _parse_params(items) -> dict:
     return params
 
 
-_TABLE_METRICS = ("auroc", "ece", "brier", "auprc_incorrect", "selective_accuracy@80")
+_TABLE_METRICS = (
+    "auroc",
+    "within_domain_auroc",
+    "ece",
+    "brier",
+    "auprc_incorrect",
+    "selective_accuracy@80",
+)
 
 
 def _print_metrics(report, title: str) -> None:
+    """The metrics table; with domains, the within-domain AUROC (the mean over domains of the
+    AUROC inside each, which recognising the domain cannot raise) and the per-domain table."""
     click.echo(f"\n{title} (95% bootstrap intervals; ECE and Brier: lower is better)")
     names = list(report.metrics)
+    metrics = [m for m in _TABLE_METRICS if all(m in report.metrics[n] for n in names)]
     width = max(len(name) for name in names) + 2
-    click.echo(" " * width + "".join(f"{metric:>24}" for metric in _TABLE_METRICS))
+    click.echo(" " * width + "".join(f"{metric:>24}" for metric in metrics))
     for name in names:
-        cells = [report.metrics[name][metric].to_string() for metric in _TABLE_METRICS]
+        cells = [report.metrics[name][metric].to_string() for metric in metrics]
         click.echo(f"{name:<{width}}" + "".join(f"{cell:>24}" for cell in cells))
+    for kind, table in (("domain", report.domain_table), ("format", report.format_table)):
+        if table is not None:
+            click.echo(f"\n{report.primary}, per {kind}")
+            click.echo(table.loc[report.primary].round(3).to_string())
 
 
 def _print_selection(table) -> None:

@@ -35,6 +35,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from ..calibration.calibrators import make_calibrator
+from ..calibration.domains import has_groups
 from ..calibration.report import build_report
 from ..calibration.risk_control import risk_controlled_threshold, threshold_candidates
 from ..calibration.shift import MIN_BATCH, ShiftReference
@@ -433,6 +434,8 @@ def _cross_validated_report(
     return build_report(
         y, scores, primary=probe_label(bundle), summary=summary, selection=table,
         n_bootstrap=n_bootstrap,
+        domains=part.domains if has_groups(part.domains) else None,
+        formats=part.formats if has_groups(part.formats) else None,
     )  # fmt: skip
 
 

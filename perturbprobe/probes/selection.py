@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..calibration.calibrators import PlattCalibrator
+from ..calibration.domains import has_groups, within_domain_auroc
 from ..calibration.metrics import brier_score_loss, log_loss, roc_auc_score
-from ..errors import ProbeError
+from ..errors import PerturbprobeWarning, ProbeError
 from ..features import FeatureSet
 from .logistic_cv import cv_folds
 from .splits import domain_folds
@@ -250,6 +252,15 @@ def cross_fitted_platt(scores: np.ndarray, y: np.ndarray, fold: np.ndarray) -> n
     return calibrated
 
 
+def _within_domain_auroc(y: np.ndarray, scores: np.ndarray, domains: np.ndarray) -> float:
+    """The within-domain AUROC's value (NaN without domains), warnings left to the report."""
+    if not has_groups(domains):
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PerturbprobeWarning)
+        return float(within_domain_auroc(y, scores, domains, n_bootstrap=0).value)
+
+
 def _summarise(candidate, scores, y, fold, domains) -> dict:
     """Cross-fitted Platt calibration of the pooled out-of-fold scores, then the metrics."""
     calibrated = cross_fitted_platt(scores, y, fold)
@@ -264,13 +275,3 @@ def _summarise(candidate, scores, y, fold, domains) -> dict:
         "within_domain_auroc": round(_within_domain_auroc(y, scores, domains), 4),
         "brier": round(float(brier_score_loss(y, calibrated)), 4),
     }
-
-
-def _within_domain_auroc(y: np.ndarray, scores: np.ndarray, domains: np.ndarray) -> float:
-    """Mean over the known domains with both classes of the AUROC inside each (NaN if none)."""
-    values = [
-        roc_auc_score(y[domains == name], scores[domains == name])
-        for name in dict.fromkeys(domains.tolist())
-        if name is not None and len(set(y[domains == name].tolist())) == 2
-    ]
-    return float(np.mean(values)) if values else float("nan")
