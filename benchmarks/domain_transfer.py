@@ -1,178 +1,302 @@
-"""Domain transfer on the default LLM: a bundle fitted on some domains, scoring another.
+"""Domain transfer on the default LLM: which probe holds up on kinds of questions it never saw.
 
-Domains: each of easy-qa's categories left out in turn (the bundle is fitted on the other
-categories' records, gold and wrong answers included), plus further FeatureSets given with
-``--domain NAME=DIR`` (e.g. ``builtin:arithmetic`` answers, or easy-qa asked as multiple
-choice), scored by a bundle fitted on all of easy-qa. Only the held-out domain's generated
-answers are evaluated, under four treatments of the calibration:
+Input: a labelled FeatureSet whose records carry a ``domain`` (``perturbprobe collect`` on the
+built-in datasets writes one; the demo's ``runs/demo/features`` is one). Only the LLM's own
+(``generated``) answers are scored; teacher-forced gold/wrong answers train when
+``--teacher-forced`` is given.
 
-- ``as fitted``: the bundle's own calibrator;
-- ``recalibrated k``: :func:`perturbprobe.probes.recalibrate` on k labelled answers of the new
-  domain (whole questions drawn at random, ``--draws`` times), evaluated on the rest;
-- ``known accuracy``: the bundle's confidences moved to the domain's true accuracy
-  (``score --target-accuracy``);
-- ``constant``: the recalibration answers' accuracy predicted for every answer (the Brier
-  score any useful confidence must beat).
+Two protocols, for every method:
 
-The calibrated mean-token-probability baseline is treated the same way (its calibrator is
-refitted on the same k answers). Metrics: per domain, then pooled over domains with bootstrap
-95% intervals (the pooled rows concatenate every domain's held-out answers).
+- **held out** (leave one domain out, as fitted): for each domain with both classes, the
+  method is fitted on every *other* domain; its calibrator is fitted, as ``fit`` does, on
+  cross-fitted out-of-fold scores of the training answers (``--inner domain``: leave one
+  training domain out; ``question``: 3 folds by question); the held-out domain's answers are
+  scored with no label from it. Label-free methods (centring) may use its answers' features.
+- **in domain**: 5 folds grouped by question over all domains, Platt maps cross-fitted
+  across folds (what ``fit``'s selection does).
 
-    python benchmarks/domain_transfer.py [--features runs/demo/features]
-        [--domain arithmetic=runs/arithmetic-features --domain mc=runs/mc-features]
-        [--probe logistic-cv:hidden_states] [--sizes 50,100,200] [--draws 5]
+Metrics per protocol: pooled AUROC (all scored answers together — it can be won by telling
+domains apart), within-domain AUROC (mean over domains of the AUROC inside each, with a
+stratified bootstrap interval), the lowest domain's AUROC, the mean over domains of each
+domain's ECE, pooled ECE and Brier. The calibrated mean token probability and (with
+``--self-consistency FILE``, a JSONL of ``question_id``, ``agreement``) self-consistency are
+treated the same way.
+
+Methods (``--methods``; probes on the ``hidden_states`` block unless said):
+
+- ``mixture``: logistic-cv on every training answer, the reference;
+- ``equal-domains``: the same, each domain weighted equally;
+- ``leace``: the domain erased from the activations (LEACE, fitted on the training domains);
+- ``centred``: activations centred per domain, on each domain's own answers (no labels);
+- ``leace+centred``: both;
+- ``fixed-effects``: a within-domain objective — one intercept per training domain (one-hot
+  columns) so the weights learn only from differences inside domains, dropped at scoring;
+- ``layer-<l>``: one layer of the block alone (per-layer choice);
+- ``lightgbm-scalar``: LightGBM on the scalar families;
+- ``stacking``: the scalar families stacked with the activations.
+
+    python benchmarks/domain_transfer.py --features runs/demo/features [--methods ...]
+        [--inner domain] [--self-consistency runs/sc.jsonl] [--out runs/domain_transfer.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import json
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from perturbprobe.calibration.calibrators import make_calibrator
-from perturbprobe.calibration.metrics import evaluate_confidence
+from perturbprobe.calibration.calibrators import PlattCalibrator
+from perturbprobe.calibration.domains import within_domain_auroc
+from perturbprobe.calibration.metrics import (
+    brier_score_loss,
+    expected_calibration_error,
+    roc_auc_score,
+)
 from perturbprobe.features import FeatureSet
-from perturbprobe.probes import fit_bundle
+from perturbprobe.probes import make_probe
 from perturbprobe.probes.baselines import baseline_scores
+from perturbprobe.probes.domain_invariance import DomainEraser, center_per_domain
+from perturbprobe.probes.logistic_cv import cv_folds
+from perturbprobe.probes.splits import domain_folds
 
-BASELINE = "mean token prob"
-METRICS = ("auroc", "ece", "brier")
-
-
-def category_of(question_id: str) -> str:
-    """easy-qa ids are ``<category>-<number>``."""
-    return question_id.rsplit("-", 1)[0]
-
-
-def held_out_question_draw(target: FeatureSet, k: int, rng) -> np.ndarray:
-    """A boolean mask of about ``k`` answers, whole questions drawn at random."""
-    questions = np.asarray(target.question_ids, dtype=object)
-    order = rng.permutation(np.unique(questions))
-    chosen, count = [], 0
-    sizes = pd.Series(questions).value_counts()
-    for question in order:
-        if count >= k:
-            break
-        chosen.append(question)
-        count += int(sizes[question])
-    return np.isin(questions, chosen)
+BLOCK = "hidden_states"
+DEFAULT_METHODS = (
+    "mixture,equal-domains,leace,centred,leace+centred,fixed-effects,lightgbm-scalar,stacking"
+)
 
 
-def treatments(bundle, target: FeatureSet, sizes, draws, seed):
-    """{treatment: [(y, probe confidence, baseline confidence), ...]} on ``target``."""
-    y = target.y
-    raw = bundle.predict_raw(target)
-    base_raw = baseline_scores(target.features)[BASELINE]
-    base_cal = bundle.baseline_calibrators[BASELINE]
-    out = {"as fitted": [(y, bundle.calibrator.transform(raw), base_cal.transform(base_raw))]}
-    out["known accuracy"] = [
-        (
-            y,
-            bundle.adjust_to_accuracy(bundle.calibrator.transform(raw), float(y.mean())),
-            bundle.adjust_to_accuracy(base_cal.transform(base_raw), float(y.mean())),
+@dataclass
+class Data:
+    """What the methods read: rows of the FeatureSet and their inputs."""
+
+    fs: FeatureSet
+    y: np.ndarray
+    domains: np.ndarray
+    questions: np.ndarray
+    generated: np.ndarray  # bool (n,)
+    block: np.ndarray  # (n, K) float32
+    layers: list[int]
+
+    def layer(self, layer: int) -> np.ndarray:
+        """The block's columns of one layer, every pool (the block is pool, layer, dim)."""
+        layout = self.fs.block_layouts[BLOCK]
+        width, index = layout["hidden_size"], self.layers.index(layer)
+        starts = [(pool * len(self.layers) + index) * width for pool in range(len(layout["pools"]))]
+        return np.hstack([self.block[:, s : s + width] for s in starts])
+
+
+# ---- methods: fit on train rows, score score rows --------------------------------------------
+def fit_score(method: str, data: Data, train: np.ndarray, score: np.ndarray, seed: int):
+    """Raw scores (len(score),) of ``method`` fitted on rows ``train``."""
+    y, groups = data.y[train], data.questions[train]
+    weights = None
+    if method in ("lightgbm-scalar", "stacking"):
+        families = [f for f in data.fs.families if f != BLOCK]
+        if method == "stacking":
+            families.append(BLOCK)
+        X, column_groups = data.fs.matrix(families)
+        params = {"column_groups": tuple(column_groups)} if method == "stacking" else {}
+        probe = make_probe(method.split("-")[0], random_state=seed, **params)
+        probe.fit(X[train], y, groups=groups)
+        return probe.predict_proba(X[score])[:, 1]
+    X = data.layer(int(method.split("-")[1])) if method.startswith("layer-") else data.block
+    X_train, X_score = X[train], X[score]
+    if "centred" in method:
+        X_train = center_per_domain(X_train, data.domains[train])
+        X_score = center_per_domain(X_score, data.domains[score])
+    if "leace" in method:
+        eraser = DomainEraser().fit(X_train, data.domains[train])
+        X_train, X_score = eraser.transform(X_train), eraser.transform(X_score)
+    if method == "equal-domains":
+        names, index, counts = np.unique(
+            data.domains[train], return_inverse=True, return_counts=True
         )
-    ]
-    rng = np.random.default_rng(seed)
-    for k in sizes:
-        if k > len(y) - 30:
-            continue
-        results, constants = [], []
-        for _ in range(draws):
-            mask = held_out_question_draw(target, k, rng)
-            part = target.subset(mask)
-            if len(set(part.y.tolist())) < 2 or len(set(y[~mask].tolist())) < 2:
-                continue
-            child = bundle.recalibrate(part, target_risk=None)
-            rest = ~mask
-            base = make_calibrator("platt").fit(base_raw[mask], y[mask])
-            results.append(
-                (y[rest], child.calibrator.transform(raw[rest]), base.transform(base_raw[rest]))
-            )
-            constant = np.full(int(rest.sum()), part.y.mean())
-            constants.append((y[rest], constant, constant))
-        if results:
-            out[f"recalibrated {k}"] = results
-            out[f"constant ({k} labels)"] = constants
-    return out
+        weights = len(train) / (len(names) * counts[index])
+    if method == "fixed-effects":
+        names, index = np.unique(data.domains[train], return_inverse=True)
+        X_train = np.hstack([X_train, 3.0 * np.eye(len(names))[index]])
+        X_score = np.hstack([X_score, np.zeros((len(score), len(names)))])
+    probe = make_probe("logistic-cv", random_state=seed)
+    probe.fit(X_train.astype(np.float32), y, groups=groups, sample_weight=weights)
+    return probe.predict_proba(X_score.astype(np.float32))[:, 1]
 
 
-def summarise(runs) -> dict[str, float]:
-    """Mean over draws of each metric, for the probe and the baseline."""
-    row = {}
-    for who, index in (("probe", 1), ("baseline", 2)):
-        values = [evaluate_confidence(r[0], r[index], n_bootstrap=0) for r in runs]
-        for metric in METRICS:
-            row[f"{who} {metric}"] = float(np.mean([v[metric].value for v in values]))
-    return row
+def oof_scores(method, data: Data, rows: np.ndarray, folds, seed: int) -> np.ndarray:
+    """Out-of-fold raw scores (n,) on the generated rows of ``folds``' held-out parts."""
+    scores = np.full(len(data.y), np.nan)
+    for train, held in folds:
+        target = held[data.generated[held]]
+        scores[target] = fit_score(method, data, train, target, seed)
+    return scores
+
+
+def inner_folds(data: Data, rows: np.ndarray, inner: str, seed: int):
+    if inner == "domain":
+        return domain_folds(rows, data.domains, data.y, data.generated)
+    return [(rows[a], rows[b]) for a, b in cv_folds(data.y[rows], data.questions[rows], 3, seed)]
+
+
+# ---- protocols --------------------------------------------------------------------------------
+def held_out(method, data: Data, inner: str, seed: int, baseline=None):
+    """Leave one domain out, as fitted: (y, calibrated confidence, domain) of scored answers."""
+    rows = np.arange(len(data.y))
+    ys, ps, ds = [], [], []
+    for train, held in domain_folds(rows, data.domains, data.y, data.generated):
+        target = held[data.generated[held]]
+        calibration = train[data.generated[train]]
+        if baseline is None:
+            raw = fit_score(method, data, train, target, seed)
+            inner_oof = oof_scores(method, data, train, inner_folds(data, train, inner, seed), seed)
+            calibration = calibration[np.isfinite(inner_oof[calibration])]
+            reference = inner_oof[calibration]
+        else:  # a score that needs no fitting: calibrate on the training domains' answers
+            raw, reference = baseline[target], baseline[calibration]
+        platt = PlattCalibrator().fit(reference, data.y[calibration])
+        ys.append(data.y[target])
+        ps.append(platt.transform(raw))
+        ds.append(data.domains[target])
+    return np.concatenate(ys), np.concatenate(ps), np.concatenate(ds)
+
+
+def in_domain(method, data: Data, seed: int, baseline=None):
+    """5 folds by question, Platt cross-fitted across folds."""
+    rows = np.arange(len(data.y))
+    folds = [(rows[a], rows[b]) for a, b in cv_folds(data.y, data.questions, 5, seed)]
+    raw = baseline if baseline is not None else oof_scores(method, data, rows, folds, seed)
+    fold_of = np.full(len(rows), -1)
+    for k, (_, held) in enumerate(folds):
+        fold_of[held] = k
+    scored = rows[data.generated]
+    p = np.empty(len(scored))
+    for k in range(len(folds)):
+        inside, outside = fold_of[scored] == k, fold_of[scored] != k
+        platt = PlattCalibrator().fit(raw[scored][outside], data.y[scored][outside])
+        p[inside] = platt.transform(raw[scored][inside])
+    return data.y[scored], p, data.domains[scored]
+
+
+def summarise(y, p, domains, n_bootstrap: int, seed: int) -> dict:
+    per_domain = {}
+    for name in dict.fromkeys(domains.tolist()):
+        inside = domains == name
+        if len(set(y[inside].tolist())) == 2:
+            per_domain[name] = {
+                "n": int(inside.sum()),
+                "accuracy": float(y[inside].mean()),
+                "auroc": roc_auc_score(y[inside], p[inside]),
+                "ece": expected_calibration_error(y[inside], p[inside]),
+                "brier": brier_score_loss(y[inside], p[inside]),
+            }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        within = within_domain_auroc(y, p, domains, n_bootstrap=n_bootstrap, random_state=seed)
+    return {
+        "pooled_auroc": roc_auc_score(y, p),
+        "within_domain_auroc": within.value,
+        "within_low": within.low,
+        "within_high": within.high,
+        "min_domain_auroc": min(d["auroc"] for d in per_domain.values()),
+        "mean_domain_ece": float(np.mean([d["ece"] for d in per_domain.values()])),
+        "pooled_ece": expected_calibration_error(y, p),
+        "brier": brier_score_loss(y, p),
+        "per_domain": per_domain,
+    }
+
+
+def load(path: str, teacher_forced: bool) -> Data:
+    fs = FeatureSet.load(path)
+    keep = np.isin(fs.sources, ["generated", "gold", "wrong"] if teacher_forced else ["generated"])
+    fs = fs.subset(keep)
+    if all(d is None for d in fs.domains):
+        raise SystemExit(f"{path}: the records carry no domain; collect them again")
+    return Data(
+        fs=fs,
+        y=fs.y,
+        domains=fs.domains.astype(str),
+        questions=np.asarray(fs.question_ids, dtype=object),
+        generated=fs.sources == "generated",
+        block=np.asarray(fs.blocks[BLOCK], dtype=np.float32),
+        layers=list(fs.block_layouts[BLOCK]["layers"]),
+    )
+
+
+def self_consistency_scores(path: str, data: Data) -> np.ndarray:
+    agreement = {}
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        agreement[row["question_id"]] = float(row["agreement"])
+    return np.array([agreement.get(q, np.nan) for q in data.questions])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", default="runs/demo/features")
-    parser.add_argument("--domain", action="append", default=[], metavar="NAME=DIR")
-    parser.add_argument("--probe", default="logistic-cv:hidden_states")
-    parser.add_argument("--sizes", default="50,100,200")
-    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument("--inner", choices=("domain", "question"), default="domain")
+    parser.add_argument("--teacher-forced", action="store_true")
+    parser.add_argument("--self-consistency", default=None, metavar="JSONL")
+    parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--categories", default="", help="only these easy-qa categories")
+    parser.add_argument("--out", default="runs/domain_transfer.json")
     args = parser.parse_args()
     start = time.perf_counter()
-    name, _, families = args.probe.partition(":")
-    families = families.split("+") if families else None
-    sizes = [int(k) for k in args.sizes.split(",")]
-
-    source = FeatureSet.load(args.features)
-    categories = np.array([category_of(q) for q in source.question_ids])
-    domains = []  # (name, training FeatureSet, target FeatureSet)
-    wanted = args.categories.split(",") if args.categories else sorted(set(categories))
-    for category in wanted:
-        inside = categories == category
-        target = source.subset(inside & (source.sources == "generated"))
-        domains.append((f"easy-qa/{category}", source.subset(~inside), target))
-    for spec in args.domain:
-        label, _, path = spec.partition("=")
-        target = FeatureSet.load(path)
-        domains.append((label, source, target.subset(target.sources == "generated")))
-
-    rows, pooled = [], {}
-    for label, train, target in domains:
-        bundle = fit_bundle(train, probe=name, families=families, n_bootstrap=0)
-        with tempfile.TemporaryDirectory() as tmp:  # recalibration records the parent's hash
-            bundle.save(Path(tmp) / "bundle")
-        found = treatments(bundle, target, sizes, args.draws, args.seed)
-        for treatment, runs in found.items():
-            rows.append(
-                {"domain": label, "n": len(target), "accuracy": round(float(target.y.mean()), 3),
-                 "treatment": treatment, **summarise(runs)}
-            )  # fmt: skip
-            pooled.setdefault(treatment, []).append(runs[0])
-        print(f"{label}: {len(target)} answers, {target.y.mean():.1%} correct "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
-
-    table = pd.DataFrame(rows)
-    pd.set_option("display.width", 200)
-    print(f"\nprobe {args.probe}; per domain (recalibrated rows: mean of {args.draws} draws)")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-
-    print("\nmean over domains")
-    summary = table.groupby("treatment", sort=False).mean(numeric_only=True)
-    print(summary.drop(columns=["n"]).to_string(float_format=lambda v: f"{v:.3f}"))
-
-    print("\npooled over domains (first draw of each), bootstrap 95% intervals")
-    header = f"{'treatment':<26}{'score':<10}" + "".join(f"{m:>24}" for m in METRICS)
-    print(header)
-    for treatment, runs in pooled.items():
-        y = np.concatenate([r[0] for r in runs])
-        for who, index in (("probe", 1), ("baseline", 2)):
-            p = np.concatenate([r[index] for r in runs])
-            values = evaluate_confidence(y, p, n_bootstrap=1000, random_state=args.seed)
-            cells = "".join(f"{values[m].to_string():>24}" for m in METRICS)
-            print(f"{treatment:<26}{who:<10}{cells}")
+    data = load(args.features, args.teacher_forced)
+    generated = data.generated
+    print(
+        f"{int(generated.sum())} generated answers ({data.y[generated].mean():.1%} correct) in "
+        f"{len(set(data.domains[generated]))} domains; {len(data.y)} training records",
+        flush=True,
+    )
+    scores = {"baseline: mean token prob": baseline_scores(data.fs.features)["mean token prob"]}
+    if args.self_consistency:
+        scores["baseline: self-consistency (N=5)"] = self_consistency_scores(
+            args.self_consistency, data
+        )
+    results = {}
+    for name in [m.strip() for m in args.methods.split(",") if m.strip()] + list(scores):
+        began = time.perf_counter()
+        baseline = scores.get(name)
+        row = {}
+        for protocol, run in (
+            ("held_out", lambda: held_out(name, data, args.inner, args.seed, baseline)),
+            ("in_domain", lambda: in_domain(name, data, args.seed, baseline)),
+        ):
+            row[protocol] = summarise(*run(), args.bootstrap, args.seed)
+        row["seconds"] = round(time.perf_counter() - began, 1)
+        results[name] = row
+        print(f"{name}: {row['seconds']} s", flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    print_tables(results)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+def print_tables(results: dict) -> None:
+    def cell(row, key):
+        if key == "within_domain_auroc":
+            return f"{row[key]:.3f} [{row['within_low']:.3f}, {row['within_high']:.3f}]"
+        return f"{row[key]:.3f}"
+
+    keys = ["pooled_auroc", "within_domain_auroc", "min_domain_auroc", "mean_domain_ece"]
+    keys += ["pooled_ece", "brier"]
+    for protocol in ("held_out", "in_domain"):
+        print(f"\n{protocol.replace('_', ' ')}")
+        frame = pd.DataFrame(
+            {name: {k: cell(r[protocol], k) for k in keys} for name, r in results.items()}
+        ).T
+        print(frame.to_string())
+    best = max(results, key=lambda n: results[n]["held_out"]["within_domain_auroc"])
+    print(f"\nper held-out domain: {best} vs the mean-token-probability baseline")
+    table = pd.DataFrame(results[best]["held_out"]["per_domain"]).T
+    base = pd.DataFrame(results["baseline: mean token prob"]["held_out"]["per_domain"]).T
+    table["baseline auroc"], table["baseline ece"] = base["auroc"], base["ece"]
+    print(table.round(3).to_string())
 
 
 if __name__ == "__main__":

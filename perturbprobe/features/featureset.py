@@ -68,6 +68,10 @@ class FeatureSet:
     blocks: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for position, name in ((4, "domain"), (5, "format")):  # records that carry neither
+            if name not in self.features:
+                empty = pd.Series([None] * len(self.features), dtype=object)
+                self.features.insert(min(position, self.features.shape[1]), name, empty)
         for name, block in self.blocks.items():
             if block.ndim != 2 or block.shape[0] != len(self.features):
                 raise ExtractionError(
@@ -320,13 +324,8 @@ class FeatureSet:
                 raise ExtractionError(
                     f"{path}: manifest.json has no {key!r}; the FeatureSet is corrupt"
                 )
-        if version < 4:  # written before records carried a domain and a format
-            _check_columns(
-                path, "features.parquet", features, _ID_COLUMNS_BEFORE_4 + manifest["schema"]
-            )
-            features.insert(4, "domain", pd.Series([None] * len(features), dtype=object))
-            features.insert(5, "format", pd.Series([None] * len(features), dtype=object))
-        _check_columns(path, "features.parquet", features, _ID_COLUMNS + manifest["schema"])
+        id_columns = _ID_COLUMNS if version >= 4 else _ID_COLUMNS_BEFORE_4  # 4 added 2 columns
+        _check_columns(path, "features.parquet", features, id_columns + manifest["schema"])
         _check_columns(path, "tokens.parquet", tokens, _TOKEN_ID_COLUMNS + manifest["token_schema"])
         features["label"] = features["label"].astype("Int64")
         blocks = {}
