@@ -262,12 +262,14 @@ def main() -> None:
     for name in [m.strip() for m in args.methods.split(",") if m.strip()] + list(scores):
         began = time.perf_counter()
         baseline = scores.get(name)
-        row = {}
-        for protocol, run in (
-            ("held_out", lambda: held_out(name, data, args.inner, args.seed, baseline)),
-            ("in_domain", lambda: in_domain(name, data, args.seed, baseline)),
-        ):
-            row[protocol] = summarise(*run(), args.bootstrap, args.seed)
+        row = {
+            "held_out": summarise(
+                *held_out(name, data, args.inner, args.seed, baseline), args.bootstrap, args.seed
+            ),
+            "in_domain": summarise(
+                *in_domain(name, data, args.seed, baseline), args.bootstrap, args.seed
+            ),
+        }
         row["seconds"] = round(time.perf_counter() - began, 1)
         results[name] = row
         print(f"{name}: {row['seconds']} s", flush=True)

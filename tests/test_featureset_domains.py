@@ -44,7 +44,7 @@ def test_records_round_trip_domain_and_format(tmp_path):
     (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n")
     assert read_records(tmp_path / "old.jsonl")[0].domain is None
     (tmp_path / "bad.jsonl").write_text(json.dumps({**old, "format": "poem"}) + "\n")
-    with pytest.raises(DatasetError, match="line 1 .*'format' must be one of"):
+    with pytest.raises(DatasetError, match=r"line 1 .*'format' must be one of"):
         read_records(tmp_path / "bad.jsonl")
 
 
