@@ -106,9 +106,17 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
     "--dataset",
     "-d",
     required=True,
-    help="builtin:easy-qa, builtin:arithmetic, or a .jsonl/.csv/.parquet file.",
+    help="builtin:broad, builtin:easy-qa, builtin:arithmetic (see `perturbprobe datasets`), or "
+    "a .jsonl/.csv/.parquet file.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N questions.")
+@click.option(
+    "--per-domain",
+    type=click.IntRange(min=1),
+    default=None,
+    help="A balanced sample: N questions of each domain (seeded by --seed), domains interleaved.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds --per-domain.")
 @click.option(
     "--format",
     "fmt",
@@ -141,13 +149,26 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
 )
 @click.pass_obj
 def collect(
-    obj, model, device, dtype, dataset, limit, fmt, source, grader, max_new_tokens, batch_size, out
+    obj,
+    model,
+    device,
+    dtype,
+    dataset,
+    limit,
+    per_domain,
+    seed,
+    fmt,
+    source,
+    grader,
+    max_new_tokens,
+    batch_size,
+    out,
 ):
     """Answer a dataset with the LLM, grade the answers, write records (JSONL)."""
     from . import data
     from ._io import check_writable
 
-    examples = data.load_dataset(dataset, format=fmt, limit=limit)
+    examples = data.load_dataset(dataset, format=fmt, limit=limit, per_domain=per_domain, seed=seed)
     check_writable(out)  # before the work, not after it
     group = _process_group(obj)
     llm = None if source == "gold" else _load(model, dtype, device, group)
@@ -164,7 +185,9 @@ def collect(
     if group is not None and not group.is_root:
         return  # rank 0 writes
     data.write_records(out, records)
-    _print_accuracy(data.accuracy_table(records), title=f"{examples.name}: {len(records)} records")
+    by = "domain" if len({r.domain for r in records}) > 1 else "category"
+    table = data.accuracy_table(records, by=by)
+    _print_accuracy(table, title=f"{examples.name}: {len(records)} records")
     click.echo(f"records written to {out}")
 
 
@@ -923,8 +946,23 @@ def sps(obj, model, device, dtype, dataset, limit, positions, batch_size, out):
 
 @cli.command()
 @_common_model_options
-@click.option("--dataset", "-d", default="builtin:easy-qa", show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N questions.")
+@click.option(
+    "--dataset",
+    "-d",
+    "datasets",
+    multiple=True,
+    help="A dataset of the training mixture (repeat the option for several)  "
+    "[default: builtin:broad and builtin:easy-qa]",
+)
+@click.option(
+    "--per-domain",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Questions of each domain in the balanced sample  [default: DEMO_PER_DOMAIN, 30]",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Use only the first N questions of each dataset."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
     "--out-dir",
@@ -938,39 +976,39 @@ def sps(obj, model, device, dtype, dataset, limit, positions, batch_size, out):
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("models"),
     show_default=True,
-    help="The best probe's bundle goes to <models-dir>/<llm>/<probe>.",
+    help="The best probe's bundle goes to <models-dir>/<llm>/auto.",
 )
 @click.pass_obj
-def demo(obj, model, device, dtype, dataset, limit, batch_size, out_dir, models_dir):
+def demo(obj, model, device, dtype, datasets, per_domain, limit, batch_size, out_dir, models_dir):
     """The main job, end to end, on the embedded default LLM.
 
-    Answers and grades a built-in dataset (plus its gold and wrong answers), extracts the
-    baseline, ccps, entropy_dynamics, sua (hidden source) and hidden_states families, selects
-    the probe by grouped cross-validation (`fit --probe auto`) with Platt calibration,
-    compares it with the calibrated baselines on held-out questions, saves the bundle and
-    writes an HTML report.
+    Answers and grades a balanced sample of the built-in broad mixture, extracts the cheap
+    families (baseline, ccps, entropy_dynamics, sua's hidden source, hidden_states), selects
+    the probe leave-one-domain-out (`fit --probe auto`), calibrates it on out-of-fold scores,
+    compares it with the calibrated baselines on held-out questions (pooled, within-domain
+    and per domain), saves the bundle and writes an HTML report.
     """
     import time
 
-    from .demo import run_demo
+    from .demo import DEMO_DATASETS, DEMO_PER_DOMAIN, run_demo
 
     start = time.perf_counter()
+    datasets = tuple(datasets) or DEMO_DATASETS
     llm = _load(model, dtype, device)
     result = run_demo(
         llm,
         out_dir,
-        dataset=dataset,
+        datasets=datasets,
+        per_domain=per_domain or DEMO_PER_DOMAIN,
         limit=limit,
         batch_size=batch_size,
         models_dir=models_dir,
         progress=obj["progress"],
     )
-    _print_accuracy(result.accuracy, title=f"{llm.name} on {dataset}")
+    _print_accuracy(result.accuracy, title=f"{llm.name} on {' + '.join(datasets)}")
     _print_selection(result.report.selection)
     click.echo(f"→ chosen: {result.best}")
     _print_metrics(result.report, title="held-out questions, the LLM's own answers")
-    ablation = result.report.ablation
-    click.echo(f"\nablation: {result.best}, each family alone\n{ablation.to_string()}")
     if result.bundle.abstention is not None:
         _print_abstention(result.bundle.abstention)
     click.echo(f"bundle written to {result.bundle_path}")
@@ -1181,12 +1219,15 @@ def _print_abstention(threshold) -> None:
 
 
 def _print_accuracy(table, title: str) -> None:
+    """An ``accuracy_table``: one line per group (its first column), a rule, overall."""
+    by = table.columns[0]
+    width = max(20, *(len(str(name)) for name in table[by]))
     click.echo(f"\n{title}")
-    click.echo(f"{'category':<20} {'n':>5} {'correct':>8} {'accuracy':>9}")
-    for row in table.itertuples(index=False):
-        if row.category == "overall":
-            click.echo("-" * 45)
-        click.echo(f"{row.category:<20} {row.n:>5} {row.correct:>8} {row.accuracy:>9.1%}")
+    click.echo(f"{by:<{width}} {'n':>5} {'correct':>8} {'accuracy':>9}")
+    for name, n, correct, accuracy in table.itertuples(index=False):
+        if name == "overall":
+            click.echo("-" * (width + 25))
+        click.echo(f"{name:<{width}} {n:>5} {correct:>8} {accuracy:>9.1%}")
 
 
 def main(argv: list[str] | None = None) -> None:

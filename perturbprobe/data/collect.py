@@ -122,18 +122,21 @@ def _gold_records(example: Example) -> list[Record]:
     return [gold, *wrong]
 
 
-def accuracy_table(records: Sequence[Record]) -> pd.DataFrame:
-    """Accuracy per category plus an ``overall`` row: columns category, n, correct, accuracy."""
+def accuracy_table(records: Sequence[Record], by: str = "category") -> pd.DataFrame:
+    """Accuracy per ``by`` (``category``, ``domain`` or ``format``) plus an ``overall`` row:
+    columns ``by``, n, correct, accuracy."""
+    if by not in ("category", "domain", "format"):
+        raise DatasetError(f"accuracy_table groups by category, domain or format, not {by!r}")
     labelled = [r for r in records if r.label is not None]
     if not labelled:
         raise DatasetError("no labelled records to summarise")
     frame = pd.DataFrame(
         {
-            "category": [r.category or "(none)" for r in labelled],
+            by: [getattr(r, by) or "(none)" for r in labelled],
             "label": [r.label for r in labelled],
         }
     )
-    table = frame.groupby("category", sort=False)["label"].agg(n="count", correct="sum")
+    table = frame.groupby(by, sort=False)["label"].agg(n="count", correct="sum")
     table.loc["overall"] = [len(frame), int(frame["label"].sum())]
     table["accuracy"] = table["correct"] / table["n"]
     return table.reset_index()

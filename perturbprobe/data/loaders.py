@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from .sampling import per_domain_sample
 from .schema import Example, example_from_row
 
 __all__ = ["FORMATS", "Dataset", "load_dataset", "read_rows"]
@@ -48,7 +49,12 @@ class Dataset(Sequence):
 
 
 def load_dataset(
-    source: str | os.PathLike, *, format: str = "open", limit: int | None = None
+    source: str | os.PathLike,
+    *,
+    format: str = "open",
+    limit: int | None = None,
+    per_domain: int | None = None,
+    seed: int = 0,
 ) -> Dataset:
     """Load and validate a dataset.
 
@@ -61,12 +67,17 @@ def load_dataset(
         ``"mc"`` renders every question as multiple choice (its answer among its wrong
         answers, in a fixed shuffled order, answered with a letter).
     limit : int, optional
-        Keep the first ``limit`` questions.
+        Keep the first ``limit`` questions (of the per-domain sample, with ``per_domain``).
+    per_domain : int, optional
+        A balanced sample: up to ``per_domain`` questions of each domain, drawn with
+        ``seed``, domains interleaved (:func:`~perturbprobe.data.sampling.per_domain_sample`).
+    seed : int
+        Seeds the per-domain sample.
 
     Every example gets a ``domain``: its row's ``domain`` field (the built-in datasets set
     one, e.g. easy-qa's category), else the dataset's name (``builtin:arithmetic`` →
-    ``arithmetic``, a file → its stem, ``hf:org/name`` → ``name``). Domains drive the within-domain metrics and
-    leave-one-domain-out model selection.
+    ``arithmetic``, a file → its stem, ``hf:org/name`` → ``name``). Domains drive the
+    within-domain metrics and leave-one-domain-out model selection.
 
     Raises
     ------
@@ -97,7 +108,7 @@ def load_dataset(
             )
         seen[example.id] = where
         examples.append(example)
-        if limit is not None and len(examples) >= limit:
+        if limit is not None and per_domain is None and len(examples) >= limit:
             break
     if not examples:
         raise DatasetError(f"{name}: the dataset has no questions")
@@ -105,6 +116,8 @@ def load_dataset(
         examples = [to_multiple_choice(example) for example in examples]
     fallback = default_domain(name)
     examples = [replace(example, domain=example.domain or fallback) for example in examples]
+    if per_domain is not None:
+        examples = per_domain_sample(examples, per_domain, seed=seed)[:limit]
     return Dataset(name=name if format == "open" else f"{name} (mc)", examples=tuple(examples))
 
 
