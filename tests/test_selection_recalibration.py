@@ -11,7 +11,7 @@ import pytest
 from sklearn.model_selection import StratifiedGroupKFold
 from synthetic_features import synthetic_featureset
 
-from perturbprobe.calibration.calibrators import PlattCalibrator, make_calibrator
+from perturbprobe.calibration.calibrators import PlattCalibrator
 from perturbprobe.calibration.metrics import log_loss
 from perturbprobe.errors import BundleError, ProbeError
 from perturbprobe.probes import (
@@ -155,11 +155,14 @@ def test_recalibrate_refits_only_the_calibrator(bundle, tmp_path):
     domain = new_domain()
     child = bundle.recalibrate(domain, target_risk=None)
     raw = bundle.predict_raw(domain)
-    by_hand = make_calibrator("platt").fit(raw, domain.y)
+    # Platt shrunk toward the parent's slope (tests/test_recalibration_safety.py)
+    by_hand = PlattCalibrator().fit(raw, domain.y, prior_slope=bundle.calibrator.coef_)
     np.testing.assert_allclose(child.predict_confidence(domain), by_hand.transform(raw))
     assert child.probe is bundle.probe
     for name, score in baseline_scores(domain.features).items():
-        expected = make_calibrator("platt").fit(score, domain.y).transform(score)
+        slope = bundle.baseline_calibrators[name].coef_
+        refit = PlattCalibrator().fit(score, domain.y, prior_slope=slope if slope > 0 else None)
+        expected = refit.transform(score)
         np.testing.assert_allclose(child.baseline_calibrators[name].transform(score), expected)
     child.save(tmp_path / "child")
     loaded = ProbeBundle.load(tmp_path / "child")

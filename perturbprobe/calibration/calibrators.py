@@ -19,6 +19,12 @@ Fitting any learned calibrator needs both correct and incorrect answers; fewer t
 ``MIN_ROWS_WARN`` (20) rows gives a :class:`~perturbprobe.errors.PerturbprobeWarning`
 because the fitted map is then mostly noise.
 
+Temperature, Platt and isotonic maps are non-decreasing: a calibrator never reverses the
+ranking of the score it calibrates (Platt's slope is constrained to ``a ≥ 0``, ``T`` to
+[0.01, 100]). Platt and temperature scaling also accept a prior on their scale parameter
+(``fit(p, y, prior_slope=...)``, ``fit(p, y, prior_temperature=...)``), which
+:func:`perturbprobe.probes.recalibrate` uses to shrink a refit toward the parent bundle's map.
+
 References
 ----------
 Guo, Pleiss, Sun, Weinberger (2017). On Calibration of Modern Neural Networks. ICML.
@@ -41,6 +47,7 @@ __all__ = [
     "CALIBRATORS",
     "LOGIT_EPS",
     "MIN_ROWS_WARN",
+    "SLOPE_PRIOR_SD",
     "Calibrator",
     "HistogramCalibrator",
     "IdentityCalibrator",
@@ -48,12 +55,19 @@ __all__ = [
     "PlattCalibrator",
     "TemperatureCalibrator",
     "calibrator_from_dict",
+    "logit_slope",
     "make_calibrator",
 ]
 
 LOGIT_EPS = 1e-7
 MIN_ROWS_WARN = 20
 _TEMPERATURE_BOUNDS = (1e-2, 1e2)
+# Default standard deviation of the Gaussian prior on log(slope) (Platt) or log(T)
+# (temperature): a priori the slope is within a factor e^(±2·0.5) ≈ [0.37, 2.7] of the prior's
+# centre 95 % of the time. It is worth a fixed number of nats, so it fades as rows grow.
+SLOPE_PRIOR_SD = 0.5
+# log(slope / prior slope) searched by the MAP fit (the slope stays strictly positive).
+_LOG_SLOPE_RANGE = (-12.0, 6.0)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -112,6 +126,86 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def _logistic_nll(z: np.ndarray, y: np.ndarray) -> float:
     """Mean −[y log σ(z) + (1 − y) log(1 − σ(z))] = mean(softplus(z) − y·z) for logits z (n,)."""
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def _check_prior(value: Any, name: str) -> float:
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise CalibrationError(f"{name} must be a finite positive number; got {value!r}")
+    return float(value)
+
+
+def _intercept_given_offset(offset: np.ndarray, y: np.ndarray) -> float:
+    """The ``b`` minimising the logistic NLL of ``y`` (n,) at logits ``offset + b``.
+
+    The NLL is convex in ``b`` and its derivative Σσ(offset + b) − Σy is increasing, so the
+    optimum is the root of that score equation (it exists when 0 < Σy < n); found by Brent's
+    method on a bracket wide enough that every σ is below 1e-17 at one end and above 1 − 1e-17
+    at the other. At the optimum the mean of σ(offset + b) equals the mean of ``y``.
+    """
+    from scipy.optimize import brentq
+
+    total = float(np.sum(y))
+    reach = float(np.abs(offset).max()) + 40.0
+    return float(
+        brentq(lambda b: float(_sigmoid(offset + b).sum()) - total, -reach, reach, xtol=1e-12)
+    )
+
+
+def _platt_mle(z: np.ndarray, y: np.ndarray, max_iter: int = 100) -> tuple[float, float]:
+    """Unconstrained maximum-likelihood ``(a, b)`` of ``y ~ σ(a·z + b)``; ``y`` (n,) may hold
+    soft labels in [0, 1]. Newton's method with backtracking from the identity map."""
+    design = np.column_stack([z, np.ones_like(z)])  # (n, 2)
+    weights = np.array([1.0, 0.0])  # start from the identity map
+    loss = _logistic_nll(design @ weights, y)
+    for _ in range(max_iter):
+        prob = _sigmoid(design @ weights)  # (n,)
+        grad = design.T @ (prob - y) / len(y)  # (2,)
+        if np.abs(grad).max() < 1e-12:
+            break
+        hessian = (design.T * (prob * (1 - prob))) @ design / len(y)  # (2, 2)
+        step = np.linalg.lstsq(hessian, grad, rcond=None)[0]
+        scale = 1.0
+        while scale > 1e-10:
+            trial = weights - scale * step
+            trial_loss = _logistic_nll(design @ trial, y)
+            if trial_loss <= loss - 1e-4 * scale * float(grad @ step):
+                break
+            scale /= 2
+        else:
+            break  # no descent left: at the optimum up to rounding
+        weights, loss = trial, trial_loss
+    return float(weights[0]), float(weights[1])
+
+
+def _platt_map(z: np.ndarray, y: np.ndarray, center: float, sd: float) -> tuple[float, float]:
+    """MAP ``(a, b)`` of ``y ~ σ(a·z + b)`` with ``log a ~ N(log center, sd²)`` and a flat
+    prior on ``b``.
+
+    The objective n·NLL(a, b) + ½ (log(a/center) / sd)² is profiled over ``b`` (exactly, see
+    :func:`_intercept_given_offset`) and minimised over ``u = log(a/center)`` in
+    :data:`_LOG_SLOPE_RANGE`: a grid of step 0.25 brackets the smallest value, then bounded
+    Brent search refines it. Deterministic; ``a`` is strictly positive.
+    """
+    from scipy.optimize import minimize_scalar
+
+    n = len(y)
+
+    def profile(u: float) -> float:
+        a = center * math.exp(u)
+        b = _intercept_given_offset(a * z, y)
+        return n * _logistic_nll(a * z + b, y) + 0.5 * (u / sd) ** 2
+
+    grid = np.arange(_LOG_SLOPE_RANGE[0], _LOG_SLOPE_RANGE[1] + 1e-9, 0.25)
+    values = np.array([profile(u) for u in grid])
+    k = int(np.argmin(values))
+    low, high = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    result = minimize_scalar(
+        profile, bounds=(low, high), method="bounded", options={"xatol": 1e-10}
+    )
+    u = float(result.x) if result.fun <= values[k] else float(grid[k])
+    a = center * math.exp(u)
+    return a, _intercept_given_offset(a * z, y)
 
 
 def _state_number(state: Mapping[str, Any], key: str, *, positive: bool = False) -> float:
@@ -204,6 +298,12 @@ class Calibrator:
         CalibrationError
             Bad shapes or values, or (for learned calibrators) only one class in ``y``.
         """
+        p, y = self._fit_input(p, y)
+        self._fit(p, y)
+        return self
+
+    def _fit_input(self, p: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Checked ``p`` and ``y`` of :meth:`fit` (warnings point at fit's caller)."""
         self._check_params()
         p, y = _check_scores(p, y)
         if self._needs_both_classes:
@@ -219,10 +319,9 @@ class Calibrator:
                     f"fitting {type(self).__name__} on {len(y)} rows (fewer than "
                     f"{MIN_ROWS_WARN}); the calibration map will be noisy",
                     PerturbprobeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-        self._fit(p, y)
-        return self
+        return p, y
 
     def _fit(self, p: np.ndarray, y: np.ndarray) -> None:
         raise NotImplementedError
@@ -314,9 +413,14 @@ class TemperatureCalibrator(Calibrator):
     ``T`` minimises the negative log-likelihood of ``y`` on the fit data. The NLL is convex in
     ``β = 1/T``, hence unimodal in ``log T``; it is minimised by bounded Brent search
     (``scipy.optimize.minimize_scalar``) over ``T`` in [0.01, 100]. ``T > 1`` softens
-    over-confident scores, ``T < 1`` sharpens; the ranking of answers never changes.
-    An optimum on the bound (scores that separate the classes perfectly, or that rank them
-    backwards) gives a :class:`PerturbprobeWarning`.
+    over-confident scores, ``T < 1`` sharpens; the ranking of answers never changes (``T`` is
+    positive by construction, so the map is increasing). An optimum on the bound (scores that
+    separate the classes perfectly, or that rank them backwards) gives a
+    :class:`PerturbprobeWarning`.
+
+    ``fit(p, y, prior_temperature=T0)`` adds a Gaussian prior ``log T ~ N(log T0, sd²)``
+    (``prior_sd``, default :data:`SLOPE_PRIOR_SD`) to the summed NLL (a MAP fit, still unimodal
+    in ``log T``): with few rows ``T`` stays near ``T0``, with many the data decide.
 
     Attributes
     ----------
@@ -327,16 +431,48 @@ class TemperatureCalibrator(Calibrator):
     name = "temperature"
     _state = ("temperature_",)
 
-    def _fit(self, p: np.ndarray, y: np.ndarray) -> None:
+    def fit(
+        self,
+        p: Any,
+        y: Any,
+        *,
+        prior_temperature: float | None = None,
+        prior_sd: float = SLOPE_PRIOR_SD,
+    ) -> TemperatureCalibrator:
+        """Fit ``T`` on held-out scores (see :meth:`Calibrator.fit`).
+
+        Parameters
+        ----------
+        p, y : array-like, shape (n,)
+            Uncalibrated P(correct) and 0/1 labels.
+        prior_temperature : float > 0, optional
+            Centre of a log-normal prior on ``T`` (MAP fit); None: maximum likelihood.
+        prior_sd : float > 0
+            Standard deviation of that prior on ``log T``.
+        """
+        p, y = self._fit_input(p, y)
+        prior = None
+        if prior_temperature is not None:
+            prior = (
+                math.log(_check_prior(prior_temperature, "prior_temperature")),
+                _check_prior(prior_sd, "prior_sd"),
+            )
+        self._fit(p, y, prior)
+        return self
+
+    def _fit(self, p: np.ndarray, y: np.ndarray, prior: tuple[float, float] | None = None) -> None:
         from scipy.optimize import minimize_scalar
 
         z = _logit(p)
         low, high = np.log(_TEMPERATURE_BOUNDS)
+        center, sd = prior if prior is not None else (0.0, math.inf)
+        n = len(y)
+
+        def objective(log_t: float) -> float:  # (summed NLL + the prior's −log density) / n
+            return _logistic_nll(z * np.exp(-log_t), y) + 0.5 * ((log_t - center) / sd) ** 2 / n
+
         result = minimize_scalar(
-            lambda log_t: _logistic_nll(z * np.exp(-log_t), y),
-            bounds=(low, high),
-            method="bounded",
-            options={"xatol": 1e-10},
+            objective, bounds=(low, high), method="bounded", options={"xatol": 1e-10}
         )
         if min(result.x - low, high - result.x) < 1e-6:
             warnings.warn(
@@ -356,14 +492,25 @@ class TemperatureCalibrator(Calibrator):
 
 
 class PlattCalibrator(Calibrator):
-    """Platt scaling: ``p' = σ(a·logit(p) + b)`` (Platt 1999, on logits as in Guo et al. 2017).
+    """Platt scaling: ``p' = σ(a·logit(p) + b)`` (Platt 1999, on logits as in Guo et al. 2017),
+    with the slope constrained to ``a ≥ 0`` so the map never reverses the score's ranking.
 
-    ``(a, b)`` is the unregularised maximum-likelihood logistic regression of ``y`` on
-    ``logit(p)``, found by Newton's method with backtracking (the NLL is convex in ``(a, b)``).
-    Unlike temperature scaling it can shift the base rate (``b``) and flip a backwards score
-    (``a < 0``). When the scores separate the classes perfectly the maximum-likelihood
-    ``a`` is infinite: Newton stops (gradient below 1e-12, or 100 steps) at a very steep map,
-    and a :class:`PerturbprobeWarning` says so.
+    ``(a, b)`` is the maximum-likelihood logistic regression of ``y`` on ``logit(p)`` subject to
+    ``a ≥ 0``. The NLL is convex in ``(a, b)``: Newton's method with backtracking finds the
+    unconstrained optimum, and when its slope is ``≤ 0`` (the scores rank correct answers
+    below incorrect ones on the fit data) the constrained optimum lies on ``a = 0``: the
+    constant map at the fit data's accuracy, ``b = logit(mean y)``, with a
+    :class:`PerturbprobeWarning`. (Before this constraint a backwards score got a decreasing
+    map; a stored map with ``a < 0`` still loads.) When the scores separate the classes
+    perfectly the maximum-likelihood ``a`` is infinite: Newton stops (gradient below 1e-12,
+    or 100 steps) at a very steep map, and a :class:`PerturbprobeWarning` says so.
+
+    ``fit(p, y, prior_slope=a0)`` is a MAP fit instead: Gaussian prior
+    ``log a ~ N(log a0, sd²)`` (``prior_sd``, default :data:`SLOPE_PRIOR_SD`), flat prior on
+    ``b``. The prior is added to the *summed* NLL, so it weighs like a fixed number of rows
+    and fades as rows grow. The slope stays strictly positive (the map is strictly
+    increasing: it keeps the ranking exactly), and because ``b`` is unpenalised the mean of
+    the fitted map on the fit data equals the fit data's accuracy. See :func:`_platt_map`.
 
     Attributes
     ----------
@@ -377,37 +524,58 @@ class PlattCalibrator(Calibrator):
     _state = ("coef_", "intercept_")
     _max_iter: ClassVar[int] = 100  # Newton converges in < 20 steps unless the data separate
 
-    def _fit(self, p: np.ndarray, y: np.ndarray) -> None:
+    def fit(
+        self,
+        p: Any,
+        y: Any,
+        *,
+        prior_slope: float | None = None,
+        prior_sd: float = SLOPE_PRIOR_SD,
+    ) -> PlattCalibrator:
+        """Fit ``(a, b)`` on held-out scores (see :meth:`Calibrator.fit`).
+
+        Parameters
+        ----------
+        p, y : array-like, shape (n,)
+            Uncalibrated P(correct) and 0/1 labels.
+        prior_slope : float > 0, optional
+            Centre of a log-normal prior on the slope ``a`` (MAP fit); None: constrained
+            maximum likelihood.
+        prior_sd : float > 0
+            Standard deviation of that prior on ``log a``.
+        """
+        p, y = self._fit_input(p, y)
+        prior = None
+        if prior_slope is not None:
+            prior = (_check_prior(prior_slope, "prior_slope"), _check_prior(prior_sd, "prior_sd"))
+        self._fit(p, y, prior)
+        return self
+
+    def _fit(self, p: np.ndarray, y: np.ndarray, prior: tuple[float, float] | None = None) -> None:
         z = _logit(p)
+        if prior is not None:
+            self.coef_, self.intercept_ = _platt_map(z, y, *prior)
+            return
         correct, incorrect = z[y == 1], z[y == 0]
-        if correct.min() > incorrect.max() or incorrect.min() > correct.max():
+        if correct.min() > incorrect.max():
             warnings.warn(
                 "the scores separate correct from incorrect answers perfectly, so Platt "
                 "scaling has no finite maximum-likelihood fit; the fitted map is a steep step",
                 PerturbprobeWarning,
                 stacklevel=3,
             )
-        design = np.column_stack([z, np.ones_like(z)])  # (n, 2)
-        weights = np.array([1.0, 0.0])  # start from the identity map
-        loss = _logistic_nll(design @ weights, y)
-        for _ in range(self._max_iter):
-            prob = _sigmoid(design @ weights)  # (n,)
-            grad = design.T @ (prob - y) / len(y)  # (2,)
-            if np.abs(grad).max() < 1e-12:
-                break
-            hessian = (design.T * (prob * (1 - prob))) @ design / len(y)  # (2, 2)
-            step = np.linalg.lstsq(hessian, grad, rcond=None)[0]
-            scale = 1.0
-            while scale > 1e-10:
-                trial = weights - scale * step
-                trial_loss = _logistic_nll(design @ trial, y)
-                if trial_loss <= loss - 1e-4 * scale * float(grad @ step):
-                    break
-                scale /= 2
-            else:
-                break  # no descent left: at the optimum up to rounding
-            weights, loss = trial, trial_loss
-        self.coef_, self.intercept_ = float(weights[0]), float(weights[1])
+        coef, intercept = _platt_mle(z, y, self._max_iter)
+        if coef <= 0:
+            rate = float(y.mean())
+            warnings.warn(
+                f"the scores rank correct answers below incorrect ones on these {len(y)} rows "
+                f"(unconstrained Platt slope {coef:.3g}); the slope is held at 0, so the map "
+                f"is constant at their accuracy {rate:.3f}",
+                PerturbprobeWarning,
+                stacklevel=3,
+            )
+            coef, intercept = 0.0, math.log(rate) - math.log1p(-rate)
+        self.coef_, self.intercept_ = coef, intercept
 
     def _transform(self, p: np.ndarray) -> np.ndarray:
         return _sigmoid(self.coef_ * _logit(p) + self.intercept_)
@@ -590,3 +758,30 @@ def calibrator_from_dict(data: Mapping[str, Any]) -> Calibrator:
         See :meth:`Calibrator.from_dict`.
     """
     return Calibrator.from_dict(data)
+
+
+def logit_slope(calibrator: Calibrator, p: Any) -> float:
+    """The slope in ``logit(p)`` of a fitted calibrator's map, as a Platt map ``σ(a·logit(p) + b)``.
+
+    Exact for the maps of that form: Platt (``coef_``), temperature (``1 / T``) and none (1).
+    For the others (isotonic, histogram) the slope of the Platt map closest to the
+    calibrator's, in cross-entropy over the scores ``p`` (a logistic fit with the
+    calibrator's outputs as soft labels), unconstrained: ≤ 0 for a flat or decreasing map.
+
+    Parameters
+    ----------
+    calibrator : Calibrator
+        Fitted.
+    p : array-like of float, shape (n,)
+        Scores on which to compare the maps (only used for isotonic and histogram).
+    """
+    if isinstance(calibrator, PlattCalibrator):
+        calibrator._check_fitted()
+        return float(calibrator.coef_)
+    if isinstance(calibrator, TemperatureCalibrator):
+        calibrator._check_fitted()
+        return 1.0 / calibrator.temperature_
+    if isinstance(calibrator, IdentityCalibrator):
+        return 1.0
+    target = calibrator.transform(p)
+    return _platt_mle(_logit(_check_scores(p)[0]), target)[0]
