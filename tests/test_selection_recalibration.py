@@ -26,6 +26,7 @@ from perturbprobe.probes import (
     split_by_question,
 )
 from perturbprobe.probes.baselines import baseline_scores
+from perturbprobe.probes.splits import holdout_split
 
 CANDIDATES = [
     Candidate("logistic", ("baseline", "ccps")),
@@ -67,8 +68,8 @@ def test_selection_matches_a_hand_run_loop(featureset, bundle):
     """Re-run the documented procedure by hand: same folds, same fits, cross-fitted Platt."""
     y = featureset.y
     questions = np.asarray(featureset.question_ids, dtype=object)
-    split = split_by_question(featureset.question_ids, y, random_state=0)
-    train = split.train
+    split = holdout_split(featureset.question_ids, y, holdout=0.2, random_state=0)
+    train = split.train  # every non-test record: the selection runs on all of them
     folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
     generated = featureset.sources == "generated"
     expected = {}
@@ -131,7 +132,7 @@ def test_auto_restricted_to_families(featureset):
 
 
 def test_teacher_forced_weight(featureset):
-    split = split_by_question(featureset.question_ids, featureset.y, random_state=0)
+    split = holdout_split(featureset.question_ids, featureset.y, random_state=0)
     dropped = fit_bundle(
         featureset, probe="logistic", split=split, teacher_forced_weight=0, n_bootstrap=0
     )

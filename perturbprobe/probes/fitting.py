@@ -171,6 +171,9 @@ def fit_bundle(
         name = probe if isinstance(probe, str) else probe.name
         candidates = [Candidate(name, tuple(families or ()))]
 
+    for candidate in candidates:  # before any fit: a clear error, not the probe's own
+        _check_weights(candidate.probe, weights)
+
     def build(candidate: Candidate):
         chosen = candidate.probe if auto else probe
         wanted = candidate.families if auto else families
@@ -203,7 +206,6 @@ def fit_bundle(
         probe_params,
         random_state,
     )
-    _check_weights(estimator, weights)
     logger.info("fitting %s on %d records (%d test answers)", estimator.name, len(train), len(test))
     estimator.fit(
         inputs(train),
@@ -439,10 +441,10 @@ def _cross_validated_report(
     )  # fmt: skip
 
 
-def _check_weights(estimator: Probe, weights) -> None:
-    if weights is not None and estimator.name in ("ccps", "ccps-cnn"):
+def _check_weights(probe_name: str, weights) -> None:
+    if weights is not None and probe_name in ("ccps", "ccps-cnn"):
         raise ProbeError(
-            f"the {estimator.name} probe cannot weight rows; pass teacher_forced_weight 0 "
+            f"the {probe_name} probe cannot weight rows; pass teacher_forced_weight 0 "
             "(drop gold and wrong answers) or 1 (keep them at full weight)"
         )
 
