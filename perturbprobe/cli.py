@@ -1098,7 +1098,8 @@ def recalibrate(
     summary = child.manifest["recalibration"]
     click.echo(
         f"recalibrated {child.manifest['calibrator']['name']} on {summary['records']} answers "
-        f"({summary['positive_rate']:.1%} correct)"
+        f"({summary['positive_rate']:.1%} correct); the probe's AUROC on them "
+        f"{summary['auroc']:.3f} [{summary['auroc_low']:.3f}, {summary['auroc_high']:.3f}]"
     )
     if child.abstention is not None:
         _print_abstention(child.abstention)
