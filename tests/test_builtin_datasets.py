@@ -41,14 +41,15 @@ def grader_of(example):
 
 
 def test_builtin_names():
-    assert builtin_names() == ["easy-qa", "arithmetic"]
+    assert builtin_names() == ["easy-qa", "arithmetic", "broad"]
 
 
-@pytest.mark.parametrize("name", ["nope", "easyqa", "", "arithmetics"])
+@pytest.mark.parametrize("name", ["nope", "easyqa", "", "arithmetics", "Broad"])
 def test_unknown_builtin_lists_the_available_ones(name):
     with pytest.raises(
         DatasetError,
-        match=rf"unknown built-in dataset '{name}'; available: builtin:easy-qa, builtin:arithmetic",
+        match=rf"unknown built-in dataset '{name}'; available: builtin:easy-qa, "
+        r"builtin:arithmetic, builtin:broad",
     ):
         load_dataset(f"builtin:{name}")
 

@@ -10,11 +10,13 @@ from perturbprobe.data.graders import (
     grade_contains,
     grade_exact,
     grade_numeric,
+    grade_truefalse,
     grader_name_for,
     normalize_answer,
     parse_numbers,
     register_grader,
     resolve_grader,
+    truefalse_verdict,
 )
 from perturbprobe.data.schema import example_from_row
 from perturbprobe.errors import DatasetError
@@ -285,6 +287,83 @@ def test_choice_needs_choices():
         grade_choice("B", open_example("Paris"))
 
 
+# --------------------------------------------------------------------------- truefalse
+
+
+def truefalse_example(*answers):
+    return open_example(*answers, grader="truefalse")
+
+
+@pytest.mark.parametrize(
+    ("response", "verdict"),
+    [
+        ("True", True),
+        ("true.", True),
+        ("TRUE", True),
+        ("False", False),
+        ("False. The capital of Peru is Lima.", False),
+        ("True. The capital of Peru is Lima.", True),
+        ("That is not true.", False),
+        ("That isn't true", False),
+        ("That is not quite correct.", False),
+        ("I don't think that is correct.", False),
+        ("The statement is not false.", True),
+        ("It is untrue.", False),
+        ("Correct!", True),
+        ("Incorrect: Lima is the capital.", False),
+        ("The correct answer is False.", False),
+        ("The correct option is true", True),
+        ("True or false? False.", False),
+        ("Yes or no: no", False),
+        ("Yes", True),
+        ("Yes, Lima is the capital of Peru.", True),
+        ("No.", False),
+        ("No, the capital is Lima.", False),
+        ("The answer is no.", False),
+        ("The answer is yes", True),
+        ("Nope", False),
+        ("It is not Quito, so the statement is true.", True),
+        ("There is no doubt that this is true.", True),
+        ("Lima is the capital of Peru.", None),
+        ("I am not sure.", None),
+        ("", None),
+        ("That's right", None),
+        ("Truely", None),
+    ],
+)
+def test_truefalse_verdict(response, verdict):
+    assert truefalse_verdict(response) is verdict
+
+
+@pytest.mark.parametrize(
+    ("response", "if_true", "if_false"),
+    [
+        ("True", True, False),
+        ("False", False, True),
+        ("Yes.", True, False),
+        ("That is not true", False, True),
+        ("Lima.", False, False),  # no verdict: wrong either way
+        ("", False, False),
+        ("True or false: the capital of Peru is Lima.", False, False),
+    ],
+)
+def test_truefalse_grader(response, if_true, if_false):
+    assert grade_truefalse(response, truefalse_example("True", "Yes")) is if_true
+    assert grade_truefalse(response, truefalse_example("False", "No")) is if_false
+    assert grade_truefalse(response, truefalse_example("No")) is if_false
+
+
+def test_truefalse_needs_a_verdict_in_the_answer():
+    with pytest.raises(DatasetError, match=r"q: the truefalse grader needs True or False"):
+        grade_truefalse("True", truefalse_example("Lima"))
+
+
+def test_truefalse_is_the_format_of_its_grader():
+    example = truefalse_example("True")
+    assert example.format == "truefalse"
+    assert grader_name_for(example) == "truefalse"
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -302,6 +381,7 @@ def test_builtin_graders_are_registered():
         ("exact", grade_exact),
         ("numeric", grade_numeric),
         ("choice", grade_choice),
+        ("truefalse", grade_truefalse),
     ]:
         assert GRADERS[name] is function
         assert resolve_grader(name) == (name, function)

@@ -117,21 +117,25 @@ def _run(*args):
 
 
 def test_demo_end_to_end_then_score_with_the_saved_bundle(tmp_path):
-    """The main job on 60 questions (plus their gold and wrong answers), then production
-    scoring with the bundle it saved, and a second demo run that reuses the cached steps."""
+    """The main job on 60 questions of each built-in mixture (balanced over domains), then
+    production scoring with the bundle it saved, and a second demo run that reuses the cached
+    steps."""
     out, models = tmp_path / "run", tmp_path / "models"
     first = _run("demo", "--limit", 60, "--out-dir", out, "--models-dir", models)
     assert "overall" in first.stdout and "accuracy" in first.stdout
-    for name in ("model selection", "chosen:", "logistic-cv on hidden_states", "lightgbm on",
-                 "baseline: mean token prob", "auroc", "ablation"):  # fmt: skip
+    for name in ("model selection, leave one domain out", "model selection, grouped by question",
+                 "chosen:", "logistic-cv on hidden_states", "lightgbm on",
+                 "baseline: mean token prob", "within_domain_auroc", "per domain"):  # fmt: skip
         assert name in first.stdout
     assert "Model selection" in (out / "report" / "report.html").read_text()
     bundles = list((models / "smollm2-135m-instruct").iterdir())
     assert [bundle.name for bundle in bundles] == ["auto"]
     features = FeatureSet.load(out / "features")
-    assert set(features.sources) == {"generated", "gold", "wrong"}
-    assert (features.sources == "generated").sum() == 60
+    assert set(features.sources) == {"generated"}  # the LLM's own answers only
+    assert len(features) == 120 and len(set(features.domains)) >= 10
     assert features.blocks["hidden_states"].shape == (len(features), 5 * 576)
+    manifest = json.loads((bundles[0] / "manifest.json").read_text())
+    assert manifest["selection"]["fold_by"] == "domain"
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
@@ -157,13 +161,10 @@ def test_demo_end_to_end_then_score_with_the_saved_bundle(tmp_path):
     _run("score", "-b", bundles[0], "-i", pairs, "-o", lowered, "--target-accuracy", 0.1)
     low = [json.loads(line) for line in lowered.read_text().splitlines()]
     assert all(a["confidence"] < b["confidence"] for a, b in zip(low[:2], rows[:2], strict=True))
-    # recalibration on the LLM's own labelled answers (here: the demo's, 60 of them)
-    generated = tmp_path / "generated.jsonl"
-    lines = (out / "records.jsonl").read_text().splitlines()
-    generated.write_text("\n".join(x for x in lines if '"source": "generated"' in x) + "\n")
+    # recalibration on the LLM's own labelled answers (here: the demo's, 120 of them)
     recalibrated = tmp_path / "recalibrated"
-    done = _run("recalibrate", "-b", bundles[0], "-r", generated, "-o", recalibrated)
-    assert "recalibrated platt on 60 answers" in done.stdout
+    done = _run("recalibrate", "-b", bundles[0], "-r", out / "records.jsonl", "-o", recalibrated)
+    assert "recalibrated platt on 120 answers" in done.stdout
     child = json.loads((recalibrated / "manifest.json").read_text())
     parent = json.loads((bundles[0] / "manifest.json").read_text())
     assert child["parent"]["manifest_sha256"] == parent["manifest_sha256"]

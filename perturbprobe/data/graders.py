@@ -9,6 +9,8 @@ names the grader that labelled it.
 - ``exact``: the normalised response equals a normalised alias.
 - ``numeric``: the last number in the response equals the first answer's number.
 - ``choice``: the letter (or the text) of the chosen option is the correct one.
+- ``truefalse``: the response's first verdict (true/false, yes/no, correct/incorrect) is the
+  answer's; see :func:`truefalse_verdict`.
 
 Normalisation: Unicode accents removed, lower-case, thousands separators dropped, punctuation
 turned into spaces (decimal points between digits kept), the articles a/an/the removed. Matching
@@ -31,11 +33,13 @@ __all__ = [
     "grade_contains",
     "grade_exact",
     "grade_numeric",
+    "grade_truefalse",
     "grader_name_for",
     "normalize_answer",
     "parse_numbers",
     "register_grader",
     "resolve_grader",
+    "truefalse_verdict",
 ]
 
 Grader = Callable[[str, Example], bool]
@@ -53,12 +57,25 @@ _NUMBER_WORDS.update({"eighty": 80, "ninety": 90, "hundred": 100})
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?|[a-z]+")
 # A leading option letter: "B", "B)", "(B)", "B. Paris", "Answer: B", "The answer is B."
 _LETTER = re.compile(r"\s*(?i:the\s+)?(?i:answer\s*(?:is)?\s*:?\s*)?\(?([A-Z])(?:[).:]|\s*$)")
+_VERDICTS = {"true": True, "correct": True, "yes": True, "yeah": True, "yep": True}
+_VERDICTS.update({"false": False, "incorrect": False, "untrue": False, "no": False, "nope": False})
+_YES_NO = {"yes", "yeah", "yep", "no", "nope"}
+_ANSWER_NOUNS = {"answer", "answers", "option", "choice", "response", "reply"}
+_CLAUSE_ENDS = set(".,;:!?()")
+# The question's own "True or false:" echoed back is no verdict.
+_ECHO = re.compile(r"\b(?:true\s*(?:or|/)\s*false|false\s*(?:or|/)\s*true|yes\s*(?:or|/)\s*no)\b")
+_VERDICT_TOKENS = re.compile(r"[a-z]+|[^\sa-z]")  # words, and each other character alone
+
+
+def _fold(text: str) -> str:
+    """Lower-case text without accents."""
+    text = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in text if not unicodedata.combining(char)).lower()
 
 
 def normalize_answer(text: str) -> str:
     """Lower-case, accent-free, punctuation-free text without articles, single-spaced."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(char for char in text if not unicodedata.combining(char)).lower()
+    text = _fold(text)
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
     text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)  # keep only decimal points
     text = re.sub(r"[^\w\s.]|_", " ", text)
@@ -146,11 +163,59 @@ def grade_choice(response: str, example: Example) -> bool:
     return named == [correct]
 
 
+def truefalse_verdict(text: str) -> bool | None:
+    """The first true/false verdict in ``text``, None if it gives none.
+
+    Verdict words: true, correct, yes (yeah, yep) → True; false, incorrect, untrue, no (nope)
+    → False. Rules, in order:
+
+    - "true or false" / "yes or no" (the question echoed back) is skipped;
+    - yes and no count only as the first word or when followed by punctuation or the end
+      ("No, ..." and "The answer is no." → False; "There is no doubt" gives no verdict);
+    - a verdict word followed by answer/option/choice/response is skipped ("The correct answer
+      is false" → False);
+    - "not", "never" or "n't" earlier in the same clause flips the verdict ("That is not
+      true", "I don't think that is correct" → False).
+
+    "right" and "wrong" are not verdict words: "right" has too many other senses.
+    """
+    text = _ECHO.sub(" ", re.sub(r"n['’]t\b", " not", _fold(text)))
+    tokens = _VERDICT_TOKENS.findall(text)
+    for index, token in enumerate(tokens):
+        if token not in _VERDICTS:
+            continue
+        following = tokens[index + 1] if index + 1 < len(tokens) else ""
+        if token in _YES_NO:
+            if index > 0 and following.isalpha():
+                continue
+        elif following in _ANSWER_NOUNS:
+            continue
+        clause: list[str] = []
+        for previous in reversed(tokens[:index]):
+            if previous in _CLAUSE_ENDS:
+                break
+            clause.append(previous)
+        return _VERDICTS[token] != any(word in ("not", "never") for word in clause)
+    return None
+
+
+def grade_truefalse(response: str, example: Example) -> bool:
+    """True if the response's verdict (:func:`truefalse_verdict`) is the verdict of
+    ``answers[0]``; a response without a verdict is wrong."""
+    expected = truefalse_verdict(example.answers[0])
+    if expected is None:
+        raise DatasetError(
+            f"{example.id}: the truefalse grader needs True or False (or Yes or No) in 'answers'"
+        )
+    return truefalse_verdict(response) == expected
+
+
 GRADERS: dict[str, Grader] = {
     "contains": grade_contains,
     "exact": grade_exact,
     "numeric": grade_numeric,
     "choice": grade_choice,
+    "truefalse": grade_truefalse,
 }
 
 

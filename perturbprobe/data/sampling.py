@@ -18,11 +18,13 @@ __all__ = ["per_domain_sample"]
 
 
 def per_domain_sample(examples: Sequence[Example], n: int, *, seed: int = 0) -> list[Example]:
-    """Up to ``n`` examples of each domain, drawn without replacement from ``seed``.
+    """Up to ``n`` examples of each domain, spread as evenly over its answer formats as they
+    allow, drawn without replacement from ``seed``.
 
-    The draw is a seeded shuffle of each domain's examples (the same on every run and
-    machine), and the result takes one example of each domain in turn (domains in order of
-    first appearance), so the first k × (number of domains) examples hold k of each.
+    Each (domain, format) group is shuffled with a seed of its own (the same on every run and
+    machine); a domain's sample takes one of each format in turn, and the result one example
+    of each domain in turn (domains in order of first appearance), so the first
+    k × (number of domains) examples hold k of each domain.
 
     Raises
     ------
@@ -31,13 +33,26 @@ def per_domain_sample(examples: Sequence[Example], n: int, *, seed: int = 0) -> 
     """
     if n < 1:
         raise DatasetError(f"per-domain sample size must be >= 1, got {n}")
-    by_domain: dict[str | None, list[Example]] = {}
+    groups: dict[str | None, dict[str, list[Example]]] = {}
     for example in examples:
-        by_domain.setdefault(example.domain, []).append(example)
+        groups.setdefault(example.domain, {}).setdefault(example.format, []).append(example)
     drawn = []
-    for domain, members in by_domain.items():
-        digest = hashlib.sha256(f"{seed}:{domain}".encode()).digest()
-        members = list(members)
-        random.Random(int.from_bytes(digest[:8], "big")).shuffle(members)
-        drawn.append(members[:n])
-    return [group[k] for k in range(n) for group in drawn if k < len(group)]
+    for domain, by_format in groups.items():
+        shuffled = [
+            _shuffled(members, f"{seed}:{domain}:{fmt}") for fmt, members in by_format.items()
+        ]
+        drawn.append(_interleave(shuffled)[:n])
+    return _interleave(drawn)
+
+
+def _shuffled(members: list[Example], key: str) -> list[Example]:
+    digest = hashlib.sha256(key.encode()).digest()
+    members = list(members)
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(members)
+    return members
+
+
+def _interleave(lists: list[list[Example]]) -> list[Example]:
+    """One item of each list in turn, until every list is used up."""
+    longest = max((len(items) for items in lists), default=0)
+    return [items[k] for k in range(longest) for items in lists if k < len(items)]

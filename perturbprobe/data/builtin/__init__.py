@@ -5,24 +5,43 @@
   have paraphrases (``perturbprobe/data/builtin/easy_qa.jsonl``).
 - ``builtin:arithmetic``: addition, subtraction and multiplication problems generated from a
   seed; ``builtin:arithmetic?n=200&seed=3`` chooses the size and the seed (default 300, 0).
+- ``builtin:broad``: 13 domains (capitals, continents, currencies, element symbols and
+  numbers, authors, animals, unit conversions, calendar, word problems, letter counts,
+  spelling) in the short, number, mc and truefalse formats, generated from the fact tables in
+  ``tables/`` and from rules; ``builtin:broad?domains=calendar&formats=mc`` selects (see
+  :mod:`.broad`).
+
+:func:`describe_builtin` lists every built-in domain with its formats, size and source.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
 from importlib import resources
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 from ...errors import DatasetError
+from .broad import DOMAINS, broad_rows, describe_broad
 
-__all__ = ["BUILTIN_DATASETS", "arithmetic_rows", "builtin_names", "load_builtin"]
+__all__ = [
+    "BUILTIN_DATASETS",
+    "BuiltinDomain",
+    "arithmetic_rows",
+    "builtin_names",
+    "describe_builtin",
+    "load_builtin",
+]
 
 BUILTIN_DATASETS = {
     "easy-qa": "short-answer questions in several categories, with aliases, wrong answers "
     "and paraphrases",
     "arithmetic": "generated +, -, × problems (options: n, seed), graded numerically",
+    "broad": f"{len(DOMAINS)} domains from fact tables and rules in the short, number, mc and "
+    "truefalse formats (options: domains, formats)",
 }
 _NUMERIC_CATEGORIES = ("arithmetic_small", "arithmetic_large")
 
@@ -40,6 +59,8 @@ def load_builtin(spec: str) -> list[tuple[str, dict]]:
             f"unknown built-in dataset {name!r}; available: "
             + ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
         )
+    if name == "broad":
+        return broad_rows(query)
     options = dict(parse_qsl(query, keep_blank_values=True))
     if name == "easy-qa":
         if options:
@@ -57,6 +78,37 @@ def load_builtin(spec: str) -> list[tuple[str, dict]]:
     return [
         (f"builtin:arithmetic row {i + 1}", row) for i, row in enumerate(arithmetic_rows(n, seed))
     ]
+
+
+class BuiltinDomain(NamedTuple):
+    """One domain of a built-in dataset, as ``perturbprobe datasets`` lists it."""
+
+    dataset: str
+    domain: str
+    formats: tuple[str, ...]
+    questions: int
+    source: str
+
+
+def describe_builtin() -> list[BuiltinDomain]:
+    """Every domain of every built-in dataset with its answer formats, number of questions
+    (at the default options) and where its questions come from."""
+    easy_qa = Counter(row["domain"] for _, row in _easy_qa_rows())
+    described = [
+        BuiltinDomain(
+            "easy-qa",
+            domain,
+            ("number",) if domain in _NUMERIC_CATEGORIES else ("short",),
+            count,
+            "easy_qa.jsonl (hand-written)",
+        )
+        for domain, count in easy_qa.items()
+    ]
+    described.append(
+        BuiltinDomain("arithmetic", "arithmetic", ("number",), 300, "generated from a seed")
+    )
+    described += [BuiltinDomain("broad", *row) for row in describe_broad()]
+    return described
 
 
 def _easy_qa_rows() -> Iterator[tuple[str, dict]]:
