@@ -8,6 +8,7 @@ from .loaders import FORMATS, Dataset, load_dataset
 from .multiple_choice import to_multiple_choice
 from .records import Record, pair_record, read_records, write_records
 from .schema import Example
+from .self_consistency import SelfConsistency, self_consistency, self_consistency_confidence
 
 __all__ = [
     "COLLECT_SOURCES",
@@ -16,6 +17,7 @@ __all__ = [
     "Dataset",
     "Example",
     "Record",
+    "SelfConsistency",
     "accuracy_table",
     "builtin_names",
     "collect",
@@ -25,6 +27,8 @@ __all__ = [
     "pair_record",
     "read_records",
     "register_grader",
+    "self_consistency",
+    "self_consistency_confidence",
     "to_multiple_choice",
     "write_records",
 ]

@@ -1,4 +1,5 @@
-"""Batched greedy generation: the LLM answers prompts the way it would in production."""
+"""Batched generation: the LLM answers prompts the way it would in production (greedy), or
+samples n answers per prompt."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ def generate_responses(
     progress: bool = True,
     names: Sequence[str] | None = None,
     group: ProcessGroup | None = None,
-) -> list[str]:
-    """Greedy answers to chat prompts, in the order given.
+    n: int = 1,
+    temperature: float | None = None,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[str] | list[list[str]]:
+    """Greedy (or sampled) answers to chat prompts, in the order given.
 
     Prompts are sorted by length and batched with left padding (so every row's next token
     sits in the last column); generation stops at an end-of-turn token or after
@@ -43,11 +48,14 @@ def generate_responses(
     group : ProcessGroup, optional
         Under torchrun: each rank generates its share of the batches and every rank gets
         all the answers (:mod:`perturbprobe.distributed`).
+    n, temperature, top_p, seed
+        Sampling, as in :func:`perturbprobe.generate` (default: one greedy answer).
 
     Returns
     -------
     list of str
-        The decoded answers, stripped, without special tokens.
+        The decoded answers, stripped, without special tokens; with n > 1 a list of n
+        answers per prompt.
     """
     from ..decoding import generate
 
@@ -59,5 +67,11 @@ def generate_responses(
         progress=progress,
         names=names,
         group=group,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
     )
+    if n > 1:
+        return [[answer.response for answer in samples] for samples in answers]
     return [answer.response for answer in answers]

@@ -1,12 +1,14 @@
-"""Settings of probe-guided generation (GUARD)."""
+"""Settings of generation: sampling (:class:`SamplingConfig`) and probe-guided generation
+(GUARD, :class:`GuardConfig`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from ..errors import GenerationError
 
-__all__ = ["BRANCH_MODES", "GuardConfig"]
+__all__ = ["BRANCH_MODES", "GuardConfig", "SamplingConfig"]
 
 BRANCH_MODES = ("top-k", "sample")
 
@@ -80,6 +82,74 @@ class GuardConfig:
         return asdict(self)
 
 
-def _check(ok: bool, message: str, value) -> None:
+def _check(ok: bool, message: str, value, what: str = "guard") -> None:
     if not ok:
-        raise GenerationError(f"guard: {message}, got {value!r}")
+        raise GenerationError(f"{what}: {message}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How plain (unguarded) decoding picks tokens; the names are OpenAI's.
+
+    Attributes
+    ----------
+    n : int
+        Continuations per prompt, >= 1 (default 1).
+    temperature : float or None
+        > 0: sample from softmax(logits / temperature); 0 or None (default): greedy.
+    top_p : float
+        Nucleus sampling, in (0, 1] (default 1: the whole distribution): sample from the
+        smallest set of most likely tokens whose probability reaches ``top_p``. Ignored when
+        greedy.
+    seed : int
+        Seed of the samples. Sample k of a prompt is drawn from its own generator, seeded from
+        (seed, the prompt's token ids, k), so it does not depend on the batch.
+    """
+
+    n: int = 1
+    temperature: float | None = None
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.n, int) and not isinstance(self.n, bool) and self.n >= 1,
+            "n must be an integer >= 1",
+            self.n,
+            what="sampling",
+        )
+        _check(
+            self.temperature is None
+            or (
+                _is_number(self.temperature)
+                and math.isfinite(self.temperature)
+                and self.temperature >= 0
+            ),
+            "temperature must be a finite number >= 0 (0 or None: greedy)",
+            self.temperature,
+            what="sampling",
+        )
+        _check(
+            _is_number(self.top_p) and 0 < self.top_p <= 1,
+            "top_p must be in (0, 1]",
+            self.top_p,
+            what="sampling",
+        )
+        _check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool),
+            "seed must be an integer",
+            self.seed,
+            what="sampling",
+        )
+
+    @property
+    def sampled(self) -> bool:
+        """Whether tokens are sampled (temperature > 0) rather than chosen greedily."""
+        return bool(self.temperature)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

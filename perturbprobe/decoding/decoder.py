@@ -8,6 +8,12 @@ repeated K times — no recomputation — and a finished branch simply leaves th
 
 Greedy decoding reproduces ``model.generate(do_sample=False)``: the same left padding, the
 same position ids (``cumsum(mask) - 1``) and the first maximum of the logits.
+
+Sampling (:class:`SamplingConfig`) uses the same machinery: after the prompt pass each prompt
+forks into its n samples (the prompt is encoded once), and every sample draws its tokens from
+its own ``torch.Generator`` seeded from (seed, the prompt's token ids, sample number) — so a
+sample does not depend on the other prompts of its batch, nor on n (sample k is the same for
+any n > k).
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import GenerationError
 from ..features.distributions import entropy_from_log_probs, log_softmax
 from ..features.entropy_dynamics import spike_threshold
 from ..llm import LLM
-from .config import GuardConfig
+from .config import GuardConfig, SamplingConfig
 
 __all__ = ["Branch", "Decoded", "Fork", "decode"]
 
@@ -60,10 +67,13 @@ class Branch:
     """One continuation of a prompt.
 
     ``token_ids`` include the end-of-turn token when the branch stopped on one; ``path``
-    lists ``(fork index, branch number)`` for every fork on the way from the root.
+    lists ``(fork index, branch number)`` for every fork on the way from the root; ``sample``
+    is the sample number (0..n-1) of plain sampling's n continuations. ``log_probs`` are the
+    model's own log-probabilities (temperature 1, no nucleus) of the chosen tokens.
     """
 
     prompt: int
+    sample: int = 0
     token_ids: list[int] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
@@ -76,6 +86,7 @@ class Branch:
         seed = _derive_seed(self.seed, len(self.entropies), number)
         return Branch(
             prompt=self.prompt,
+            sample=self.sample,
             token_ids=list(self.token_ids),
             entropies=list(self.entropies),
             log_probs=list(self.log_probs),
@@ -96,7 +107,8 @@ class Decoded:
     forks : list of Fork
         In the order they happened; ``Branch.path`` indexes into it.
     generated : list of int (B,)
-        Tokens decoded per prompt over all its branches (shared prefixes counted once).
+        Tokens decoded per prompt over all its branches (shared prefixes counted once) and
+        samples.
     """
 
     branches: list[Branch]
@@ -111,8 +123,10 @@ def decode(
     max_new_tokens: int,
     guard: GuardConfig | None = None,
     fork_at: Sequence[int | None] | None = None,
+    sampling: SamplingConfig | None = None,
 ) -> Decoded:
-    """Decode a batch of prompts (token ids) greedily, forking where ``guard`` says.
+    """Decode a batch of prompts (token ids) greedily or by sampling, forking where ``guard``
+    says.
 
     Parameters
     ----------
@@ -125,13 +139,25 @@ def decode(
     fork_at : sequence of int or None (B,), optional
         Fork each prompt at this 1-based response position instead of at entropy spikes
         (None: never) — the random-position control of the benchmark.
+    sampling : SamplingConfig, optional
+        n continuations per prompt (``Branch.sample``), sampled at a temperature > 0 with
+        an optional nucleus; without it (or with n = 1 and no temperature) one greedy branch
+        per prompt. Not with ``guard``.
 
     Returns
     -------
     Decoded
     """
+    if guard is not None and sampling is not None:
+        raise GenerationError("decode: give guard or sampling, not both")
     stop = set(llm.end_of_turn_ids)
     sampled = guard is not None and guard.branch_mode == "sample"
+    if guard is not None:
+        temperature, top_p = guard.temperature, 1.0
+    elif sampling is not None:
+        temperature, top_p = sampling.temperature, sampling.top_p
+    else:
+        temperature, top_p = None, 1.0
     input_ids, mask = llm.pad(prompts, side="left")
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     branches = [Branch(prompt=i, seed=_prompt_seed(guard, ids)) for i, ids in enumerate(prompts)]
@@ -160,9 +186,15 @@ def decode(
             for row, branch in enumerate(branches):
                 branch.entropies.append(entropy[row])
                 split = _fork(branch, guard, fork_at)
-                if split is None:
+                if sampling is not None and len(branch.entropies) == 1:
+                    children = _samples(branch, prompts[branch.prompt], sampling)
+                    choices = [
+                        _next_token(child, logits[row], greedy[row], temperature, top_p)
+                        for child in children
+                    ]
+                elif split is None:
                     children = [branch]
-                    choices = [_next_token(branch, logits[row], greedy[row], guard)]
+                    choices = [_next_token(branch, logits[row], greedy[row], temperature, top_p)]
                 else:
                     threshold = None if split is True else split
                     choices = _alternatives(branch, logits[row], log_p[row], guard)
@@ -220,11 +252,45 @@ def _fork(branch: Branch, guard: GuardConfig | None, fork_at) -> float | bool | 
     return None
 
 
-def _next_token(branch: Branch, logits: torch.Tensor, greedy: int, guard) -> int:
+def _samples(root: Branch, prompt_ids: Sequence[int], sampling: SamplingConfig) -> list[Branch]:
+    """The n sample branches of a prompt, made right after its prompt pass; each has its own
+    generator (none when greedy)."""
+    children = []
+    for number in range(sampling.n):
+        seed = _sample_seed(sampling.seed, prompt_ids, number)
+        children.append(
+            Branch(
+                prompt=root.prompt,
+                sample=number,
+                entropies=list(root.entropies),
+                sampler=_sampler(seed) if sampling.sampled else None,
+                seed=seed,
+            )
+        )
+    return children
+
+
+def _next_token(branch: Branch, logits: torch.Tensor, greedy: int, temperature, top_p) -> int:
+    """The greedy token, or one drawn with the branch's own generator from
+    softmax(logits / temperature) restricted to the ``top_p`` nucleus."""
     if branch.sampler is None:
         return greedy
-    probs = torch.softmax(logits / guard.temperature, dim=-1).cpu()
+    probs = torch.softmax(logits / temperature, dim=-1).cpu()
+    if top_p < 1.0:
+        probs = _nucleus(probs, top_p)
     return int(torch.multinomial(probs, 1, generator=branch.sampler))
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` (V,) with every token outside the nucleus set to 0: the smallest set of most
+    likely tokens (ties in index order) whose probability reaches ``top_p``; the most likely
+    token is always kept. ``torch.multinomial`` renormalises."""
+    sorted_probs, order = probs.sort(descending=True, stable=True)
+    before = sorted_probs.cumsum(0) - sorted_probs  # mass of the more likely tokens
+    kept = order[before < top_p]
+    nucleus = torch.zeros_like(probs)
+    nucleus[kept] = probs[kept]
+    return nucleus
 
 
 def _alternatives(branch: Branch, logits, log_p, guard: GuardConfig) -> list[int]:
@@ -242,6 +308,12 @@ def _prompt_seed(guard: GuardConfig | None, prompt_ids: Sequence[int]) -> int:
     not depend on which other prompts share its batch."""
     seed = 0 if guard is None else guard.seed
     digest = hashlib.sha256(repr((seed, tuple(prompt_ids))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _sample_seed(seed: int, prompt_ids: Sequence[int], number: int) -> int:
+    """The seed of sample ``number`` of a prompt: from the prompt itself, not its batch row."""
+    digest = hashlib.sha256(repr(("sample", seed, tuple(prompt_ids), number)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 

@@ -1,5 +1,7 @@
-"""``perturbprobe.generate``: batched greedy answers, optionally guarded (GUARD).
+"""``perturbprobe.generate``: batched greedy or sampled answers, optionally guarded (GUARD).
 
+Without a guard, ``n``, ``temperature``, ``top_p`` and ``seed`` (OpenAI's names) ask for n
+sampled answers per prompt (:class:`SamplingConfig`); the default is one greedy answer.
 With a :class:`GuardConfig`, an early entropy spike splits the answer into K branches
 (:mod:`perturbprobe.decoding.decoder`); every branch is completed, scored — by the bundle's
 :class:`Scorer` when one is given, else by its mean token log-probability — and the best is
@@ -19,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import GenerationError, PairEncodingError
 from ..llm import LLM
-from .config import GuardConfig
+from .config import GuardConfig, SamplingConfig
 from .decoder import Branch, Decoded, Fork, decode
 
 if TYPE_CHECKING:
@@ -69,7 +71,8 @@ class GuidedAnswer:
     confidence : float or None
         The probe's confidence in ``response`` when branches were scored by a scorer.
     generated_tokens : int
-        Tokens decoded for this prompt over all its branches (the cost).
+        Tokens decoded for this answer over all its branches (the cost; the end-of-turn token
+        included). With n samples, each sample counts its own tokens.
     interventions : list of Intervention
         Empty for an answer decoded without a fork.
     """
@@ -111,8 +114,13 @@ def generate(
     names: Sequence[str] | None = None,
     group: ProcessGroup | None = None,
     fork_at: Sequence[int | None] | None = None,
-) -> GuidedAnswer | list[GuidedAnswer]:
-    """Answer chat prompts greedily, guarded by entropy spikes when ``guard`` is given.
+    n: int = 1,
+    temperature: float | None = None,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> GuidedAnswer | list[GuidedAnswer] | list[list[GuidedAnswer]]:
+    """Answer chat prompts greedily or by sampling, guarded by entropy spikes when ``guard``
+    is given.
 
     Parameters
     ----------
@@ -139,10 +147,23 @@ def generate(
     fork_at : sequence of int or None, optional
         A controlled experiment: fork prompt i once at response position ``fork_at[i]``
         instead of at spikes (None: no fork). Needs ``guard`` (K, branch mode).
+    n : int
+        Answers per prompt (default 1). Not with ``guard``.
+    temperature : float, optional
+        > 0: sample each token from softmax(logits / temperature); 0 or None (default):
+        greedy. Not with ``guard`` (it has its own ``branch_mode="sample"``).
+    top_p : float
+        Nucleus sampling in (0, 1] (default 1): sample only among the most likely tokens
+        whose probability reaches ``top_p``. Ignored when greedy.
+    seed : int
+        Seed of the samples (default 0). Sample k of a prompt depends only on the seed, the
+        prompt's tokens and k: not on the batch, ``batch_size``, the other prompts or n.
 
     Returns
     -------
     GuidedAnswer or list of GuidedAnswer
+        One answer per prompt; with n > 1 a list of n answers per prompt instead (one prompt
+        → a list of n answers, a list of prompts → a list of such lists).
 
     Raises
     ------
@@ -156,6 +177,7 @@ def generate(
     )
     prompts = [messages] if single else list(messages)
     _check_settings(len(prompts), max_new_tokens, batch_size, guard, scorer, fork_at)
+    sampling = _sampling(guard, n, temperature, top_p, seed)
     names = list(names) if names is not None else [f"prompt {i}" for i in range(len(prompts))]
     conversations = [_conversation(p) for p in prompts]
     encoded = [
@@ -174,7 +196,7 @@ def generate(
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     if group is not None:  # whole batches per rank: every answer generated as in one process
         batches = group.shard(batches, cost=lambda index: len(encoded[index]) + max_new_tokens)
-    answers: dict[int, GuidedAnswer] = {}
+    answers: dict[int, list[GuidedAnswer]] = {}
     shift_values: list[dict[str, np.ndarray]] = []  # per scored batch of branches
 
     def run_batches() -> None:
@@ -187,6 +209,7 @@ def generate(
                     max_new_tokens=max_new_tokens,
                     guard=guard,
                     fork_at=None if fork_at is None else [fork_at[i] for i in rows],
+                    sampling=sampling,
                 )
                 batch_answers = _choose(
                     llm, decoded, [conversations[i] for i in rows], scorer, shift_values
@@ -201,7 +224,7 @@ def generate(
     else:
         group.run(run_batches)
         answers = group.all_gather(answers)
-    result = [answers[index] for index in range(len(encoded))]
+    result = [answers[index] if n > 1 else answers[index][0] for index in range(len(encoded))]
     return result[0] if single else result
 
 
@@ -225,18 +248,33 @@ def _check_settings(n, max_new_tokens, batch_size, guard, scorer, fork_at) -> No
             raise GenerationError("fork_at positions must be integers >= 1 or None")
 
 
+def _sampling(guard, n, temperature, top_p, seed) -> SamplingConfig | None:
+    """The decoder's sampling settings; None for one greedy answer per prompt (the decoder's
+    plain path, unchanged)."""
+    sampling = SamplingConfig(n=n, temperature=temperature, top_p=top_p, seed=seed)
+    if guard is not None:
+        if (sampling.n, sampling.sampled, sampling.top_p, sampling.seed) != (1, False, 1.0, 0):
+            raise GenerationError(
+                "n, temperature, top_p and seed are for unguarded decoding; a guard samples "
+                "its branches with GuardConfig(branch_mode='sample', temperature=..., seed=...)"
+            )
+        return None
+    return sampling if sampling.sampled or sampling.n > 1 else None
+
+
 def _conversation(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def _choose(
     llm: LLM, decoded: Decoded, conversations, scorer, shift_values: list
-) -> list[GuidedAnswer]:
+) -> list[list[GuidedAnswer]]:
     """Score the branches of forked prompts and keep each prompt's best one; the scores'
-    shift values are appended to ``shift_values``."""
+    shift values are appended to ``shift_values``. Per prompt, one answer per sample."""
     by_prompt: list[list[Branch]] = [[] for _ in conversations]
     for branch in decoded.branches:
         by_prompt[branch.prompt].append(branch)
+    samples = max((b.sample for b in decoded.branches), default=0) + 1
     stop = set(llm.end_of_turn_ids)
     texts = {id(b): _text(llm, b, stop) for b in decoded.branches}
     mean_log_p = {id(b): sum(b.log_probs) / len(b.log_probs) for b in decoded.branches}
@@ -258,6 +296,20 @@ def _choose(
 
     answers = []
     for prompt, branches in enumerate(by_prompt):
+        if samples > 1:  # n sampled answers, one branch each (no forks without a guard)
+            branches.sort(key=lambda b: b.sample)
+            answers.append(
+                [
+                    GuidedAnswer(
+                        response=texts[id(branch)],
+                        token_ids=_response_ids(branch, stop),
+                        mean_log_prob=mean_log_p[id(branch)],
+                        generated_tokens=len(branch.token_ids),
+                    )
+                    for branch in branches
+                ]
+            )
+            continue
         branches.sort(key=lambda b: b.path)  # ties go to the most likely branch (top-k order)
         best = max(branches, key=value)  # the first of the maxima
         forks = [decoded.forks[index] for index, _ in best.path]
@@ -266,14 +318,16 @@ def _choose(
             for depth, fork in enumerate(forks)
         ]
         answers.append(
-            GuidedAnswer(
-                response=texts[id(best)],
-                token_ids=_response_ids(best, stop),
-                mean_log_prob=mean_log_p[id(best)],
-                confidence=confidence[id(best)],
-                generated_tokens=decoded.generated[prompt],
-                interventions=interventions,
-            )
+            [
+                GuidedAnswer(
+                    response=texts[id(best)],
+                    token_ids=_response_ids(best, stop),
+                    mean_log_prob=mean_log_p[id(best)],
+                    confidence=confidence[id(best)],
+                    generated_tokens=decoded.generated[prompt],
+                    interventions=interventions,
+                )
+            ]
         )
     return answers
 
