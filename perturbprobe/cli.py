@@ -192,6 +192,39 @@ def collect(
 
 
 @cli.command()
+def datasets():
+    """List the built-in datasets: every domain with its answer formats, number of questions,
+    source, and the default LLM's measured greedy accuracy."""
+    from .data.builtin import describe_builtin, measured_accuracy
+
+    measured = measured_accuracy()
+    accuracy = measured.get("accuracy", {})
+    rows = describe_builtin()
+    width = max(len(row.domain) for row in rows)
+    click.echo(
+        f"{'dataset':<11} {'domain':<{width}} {'formats':<26} {'questions':>9} "
+        f"{'accuracy (n)':>14}  source"
+    )
+    for row in rows:
+        found = accuracy.get(row.dataset, {}).get(row.domain)
+        cell = f"{found['correct'] / found['n']:.1%} ({found['n']})" if found else "-"
+        click.echo(
+            f"{row.dataset:<11} {row.domain:<{width}} {','.join(row.formats):<26} "
+            f"{row.questions:>9} {cell:>14}  {row.source}"
+        )
+    domains = {(row.dataset, row.domain) for row in rows}
+    formats = {fmt for row in rows for fmt in row.formats}
+    total = sum(row.questions for row in rows)
+    click.echo(f"\n{len(domains)} domains, {len(formats)} answer formats, {total} questions")
+    if measured:
+        click.echo(
+            f"accuracy: {measured['model']}, {measured['decoding']}, measured "
+            f"{measured['measured']}" + (f" ({measured['note']})" if measured.get("note") else "")
+        )
+    click.echo("sources and licences: perturbprobe/data/builtin/tables/SOURCES.md")
+
+
+@cli.command()
 @_common_model_options
 @click.option(
     "--records",

@@ -372,3 +372,25 @@ def test_describe_builtin(broad):
         examples = by_domain(broad)[row.domain]
         assert row.questions == len(examples)
         assert set(row.formats) == {example.format for example in examples}
+
+
+def test_datasets_command_lists_every_domain_with_its_measured_accuracy(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import perturbprobe.data.builtin as builtin
+    from perturbprobe.cli import cli
+
+    accuracy = tmp_path / "accuracy.json"
+    accuracy.write_text(
+        '{"model": "m", "decoding": "greedy", "measured": "2026-12-04", "note": "",'
+        ' "accuracy": {"broad": {"calendar": {"n": 60, "correct": 15}}}}'
+    )
+    monkeypatch.setattr(builtin, "ACCURACY_FILE", accuracy)
+    result = CliRunner().invoke(cli, ["datasets"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    calendar = next(line for line in lines if " calendar " in line)
+    assert "25.0% (60)" in calendar and "short,mc,truefalse,number" in calendar
+    assert sum(1 for line in lines if line.startswith("broad ")) == len(DOMAINS)
+    assert any(line.startswith("easy-qa ") and " colours " in line for line in lines)
+    assert "4 answer formats" in result.output and "SOURCES.md" in result.output

@@ -21,6 +21,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
@@ -28,13 +29,19 @@ from ...errors import DatasetError
 from .broad import DOMAINS, broad_rows, describe_broad
 
 __all__ = [
+    "ACCURACY_FILE",
     "BUILTIN_DATASETS",
     "BuiltinDomain",
     "arithmetic_rows",
     "builtin_names",
     "describe_builtin",
     "load_builtin",
+    "measured_accuracy",
 ]
+
+# The default LLM's greedy accuracy per built-in domain, written by
+# benchmarks/dataset_accuracy.py and shown by `perturbprobe datasets`.
+ACCURACY_FILE = Path(__file__).with_name("accuracy.json")
 
 BUILTIN_DATASETS = {
     "easy-qa": "short-answer questions in several categories, with aliases, wrong answers "
@@ -109,6 +116,14 @@ def describe_builtin() -> list[BuiltinDomain]:
     )
     described += [BuiltinDomain("broad", *row) for row in describe_broad()]
     return described
+
+
+def measured_accuracy() -> dict:
+    """``{"accuracy": {dataset: {domain: {"n", "correct"}}}, "model", "decoding", "measured",
+    "note"}`` from :data:`ACCURACY_FILE`; empty when it was never measured."""
+    if not ACCURACY_FILE.is_file():
+        return {}
+    return json.loads(ACCURACY_FILE.read_text(encoding="utf-8"))
 
 
 def _easy_qa_rows() -> Iterator[tuple[str, dict]]:
