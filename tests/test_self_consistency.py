@@ -1,7 +1,11 @@
-"""The self-consistency baseline: answer keys by format, agreement with the greedy answer
-against a naive one-sample-at-a-time loop, token counts, and the confidence of records."""
+"""The self-consistency baseline: answer keys by format, ROUGE-L agreement of free-text
+answers, agreement with the greedy answer against a naive one-sample-at-a-time loop, token
+counts, and the confidence of records."""
 
 from __future__ import annotations
+
+import random
+from functools import cache
 
 import numpy as np
 import pytest
@@ -9,10 +13,14 @@ from tiny_models import make_tiny_llm
 
 import perturbprobe
 from perturbprobe.data import Record, load_dataset
+from perturbprobe.data.graders import normalize_answer
 from perturbprobe.data.schema import example_from_row
 from perturbprobe.data.self_consistency import (
     SelfConsistency,
+    answer_agreement,
     answer_key,
+    lcs_length,
+    rouge_l_f1,
     self_consistency,
     self_consistency_confidence,
 )
@@ -34,6 +42,10 @@ CHOICE = example_from_row(
 SHORT = example_from_row(
     {"id": "short", "question": "Capital of France?", "answers": ["Paris"]}, "t"
 )
+EXACT = example_from_row(
+    {"id": "exact", "question": "Capital of France?", "answers": ["Paris"], "grader": "exact"},
+    "t",
+)
 TRUEFALSE = example_from_row(
     {
         "id": "tf",
@@ -45,9 +57,30 @@ TRUEFALSE = example_from_row(
 )
 
 
+KEYED = (NUMERIC, CHOICE, TRUEFALSE)
+
+
 def agree(a: str, b: str, example) -> bool:
     key = answer_key(a, example)
     return key is not None and key == answer_key(b, example)
+
+
+@cache
+def reference_lcs(first: tuple, second: tuple) -> int:
+    """The textbook recursion, independent of the module's table."""
+    if not first or not second:
+        return 0
+    if first[0] == second[0]:
+        return 1 + reference_lcs(first[1:], second[1:])
+    return max(reference_lcs(first[1:], second), reference_lcs(first, second[1:]))
+
+
+def reference_agreement(sample: str, response: str, example) -> float:
+    """Key equality for keyed formats; otherwise ROUGE-L F1 = 2 LCS / (len + len)."""
+    if example in KEYED:
+        return float(agree(response, sample, example))
+    a, b = tuple(normalize_answer(sample).split()), tuple(normalize_answer(response).split())
+    return 2 * reference_lcs(a, b) / (len(a) + len(b)) if a and b else 0.0
 
 
 # =============================================================================== answer keys
@@ -74,6 +107,117 @@ def test_answer_keys_by_format(example, same, different):
         assert not agree(first, response, example), (first, response)
 
 
+@pytest.mark.parametrize(
+    ("example", "same", "different"),
+    [
+        (
+            NUMERIC,
+            ["The answer is 42.", "42", "Six times seven makes 42, I believe", "forty-two"],
+            ["41", "The answer is 42 or maybe 43", "The answer is 420."],
+        ),
+        (CHOICE, ["B) Paris", "Answer: B", "Paris is the capital"], ["A", "C) Madrid", "Rome"]),
+        (
+            TRUEFALSE,
+            ["True.", "Yes, ice is cold", "That is correct", "It is not false."],
+            ["False", "No, it is not", "The correct answer is false."],
+        ),
+    ],
+)
+def test_keyed_formats_agree_exactly_on_their_key(example, same, different):
+    # 1 when the keys are equal however long and different the sentences, else 0: no partial
+    # credit from shared words ("The answer is 42 or maybe 43" shares four words with the first)
+    first = same[0]
+    for response in same:
+        assert answer_agreement(response, first, example) == 1.0, response
+    for response in different:
+        assert answer_agreement(response, first, example) == 0.0, response
+
+
+def test_the_truefalse_key_is_the_graders_verdict():
+    # truefalse_verdict's rules, which the old local parser lacked: a verdict word followed by
+    # "answer" is skipped, and "no" inside a sentence is no verdict
+    assert answer_key("The correct answer is false.", TRUEFALSE) == "false"
+    assert answer_key("There is no doubt: it is true.", TRUEFALSE) == "true"
+    assert answer_key("True or false: it is false", TRUEFALSE) == "false"  # the echo skipped
+    assert answer_key("I don't think that is correct", TRUEFALSE) == "false"
+
+
+# ================================================================= ROUGE-L on free text
+
+
+def test_lcs_length_by_hand():
+    tokens = str.split
+    assert lcs_length(tokens("a b c d"), tokens("a c b d")) == 3  # a b d (or a c d)
+    assert lcs_length(tokens("a b"), tokens("b a")) == 1
+    assert lcs_length([], tokens("a")) == lcs_length(tokens("a"), []) == 0
+    assert lcs_length(tokens("x y z"), tokens("x y z")) == 3
+    assert lcs_length(tokens("a x b y c"), tokens("a b c")) == 3  # not contiguous
+
+
+def test_lcs_length_equals_the_textbook_recursion():
+    rng = random.Random(0)
+    for _ in range(200):
+        first = tuple(rng.choice("abcd") for _ in range(rng.randint(0, 9)))
+        second = tuple(rng.choice("abcd") for _ in range(rng.randint(0, 9)))
+        assert lcs_length(first, second) == reference_lcs(first, second), (first, second)
+
+
+@pytest.mark.parametrize(
+    ("sample", "greedy", "expected"),
+    [
+        # [capital of france is paris] / [paris is capital of france] ("the" dropped):
+        # LCS = "capital of france" = 3; P = 3/5, R = 3/5, F1 = 3/5
+        ("The capital of France is Paris.", "Paris is the capital of France.", 3 / 5),
+        # [it is paris i think] / [paris]: LCS = "paris" = 1; P = 1/5, R = 1/1,
+        # F1 = 2 (1/5)(1) / (1/5 + 1) = (2/5) / (6/5) = 1/3
+        ("It is Paris, I think", "Paris", 1 / 3),
+        # [eiffel tower is in paris france] / [eiffel tower stands in paris]:
+        # LCS = "eiffel tower in paris" = 4; P = 4/6, R = 4/5,
+        # F1 = 2 (2/3)(4/5) / (2/3 + 4/5) = (16/15) / (22/15) = 8/11
+        ("The Eiffel Tower is in Paris, France.", "Eiffel Tower stands in Paris.", 8 / 11),
+        # [paris france] / [paris]: LCS = 1; P = 1/2, R = 1, F1 = 2/3
+        ("Paris, France", "Paris", 2 / 3),
+    ],
+)
+def test_rouge_l_f1_by_hand(sample, greedy, expected):
+    tokens = normalize_answer(sample).split(), normalize_answer(greedy).split()
+    assert rouge_l_f1(*tokens) == pytest.approx(expected)
+    assert rouge_l_f1(*tokens[::-1]) == pytest.approx(expected)  # symmetric
+    for example in (SHORT, EXACT):  # the contains and exact graders alike
+        assert answer_agreement(sample, greedy, example) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["Paris.", "The sky is blue today", "It is 42, I think"])
+def test_identical_answers_agree_fully(text):
+    assert rouge_l_f1(text.split(), text.split()) == 1.0
+    assert answer_agreement(text, text, SHORT) == 1.0
+    assert answer_agreement(text.upper() + "!", text, SHORT) == 1.0  # same normalised tokens
+
+
+@pytest.mark.parametrize(
+    ("sample", "greedy"),
+    [
+        ("Rome", "Paris"),
+        ("It is Rome", "Paris, France"),
+        ("", "Paris"),  # empty sample
+        ("Paris", ""),  # empty greedy answer
+        ("", ""),
+        ("...", "!?"),  # nothing left after normalisation
+        ("The", "the a an"),  # articles only
+    ],
+)
+def test_disjoint_or_empty_answers_agree_not_at_all(sample, greedy):
+    assert answer_agreement(sample, greedy, SHORT) == 0.0
+    assert rouge_l_f1(normalize_answer(sample).split(), normalize_answer(greedy).split()) == 0.0
+
+
+def test_one_word_answers_keep_exact_match():
+    # on one-word answers ROUGE-L F1 is exact match of the normalised word
+    for same in ["Paris.", "paris", "PARIS!", "The Paris", "Pâris"]:
+        assert answer_agreement(same, "Paris", SHORT) == 1.0
+    assert answer_agreement("Rome", "Paris", SHORT) == 0.0
+
+
 def test_keys_are_the_graders_reading():
     assert answer_key("The answer is 42.", NUMERIC) == answer_key("42", NUMERIC) == "42.0"
     assert answer_key("B) Paris", CHOICE) == "B"  # the chosen letter
@@ -98,6 +242,7 @@ def test_keys_are_the_graders_reading():
 def test_a_response_without_an_answer_has_no_key_and_never_agrees(response, example):
     assert answer_key(response, example) is None
     assert not agree(response, response, example)
+    assert answer_agreement(response, response, example) == 0.0
 
 
 # ================================================================ agreement on a tiny model
@@ -123,14 +268,16 @@ def test_agreement_equals_a_naive_loop_one_sample_at_a_time(tiny):
         samples = perturbprobe.generate(
             llm, list(example.messages), n=6, temperature=0.15, seed=5, **gen
         )
-        agreeing = 0
-        for sample in samples:
-            agreeing += agree(greedy.response, sample.response, example)
+        agreeing = 0.0
+        for sample in samples:  # key equality, or 2 LCS / (len + len) by the recursion
+            agreeing += reference_agreement(sample.response, greedy.response, example)
         expected_agreement.append(agreeing / 6)
         expected_tokens.append(sum(len(s.token_ids) + (len(s.token_ids) < 2) for s in samples))
         expected_greedy_tokens.append(greedy.generated_tokens)
-    np.testing.assert_array_equal(result.agreement, expected_agreement)
+    np.testing.assert_allclose(result.agreement, expected_agreement, rtol=0, atol=1e-12)
     assert 0 < result.agreement.mean() < 1 and len(set(result.agreement)) >= 3  # a real spread
+    keyed = [e in KEYED for e in examples]
+    assert all((result.agreement[keyed] * 6) % 1 == 0)  # keyed: a share of the 6 samples
     np.testing.assert_array_equal(result.sample_tokens, expected_tokens)
     np.testing.assert_array_equal(result.greedy_tokens, expected_greedy_tokens)
     assert result.question_ids == [e.id for e in examples]
@@ -186,20 +333,26 @@ def record(question, response, number=0):
     )
 
 
+SENTENCE = example_from_row(
+    {"id": "sentence", "question": "Where is the Eiffel Tower?", "answers": ["Paris"]}, "t"
+)
+
+
 def test_confidence_of_records_by_question_id():
-    questions = (NUMERIC, CHOICE, SHORT)
+    questions = (NUMERIC, CHOICE, SHORT, SENTENCE)
     samples = (
         ("42", "It is 42.", "41", "", "forty-two"),
         ("B", "A", "B) Paris", "I am not sure", "Paris"),
         ("Paris.", "Rome", "paris", "Paris", "Lyon"),
+        ("It is in Paris.", "Paris", "In Paris, France.", "Rome", ""),
     )
     result = SelfConsistency(
         examples=questions,
-        greedy=("The answer is 42.", "B", "Paris"),
+        greedy=("The answer is 42.", "B", "Paris", "It is in Paris"),
         samples=samples,
-        agreement=np.array([0.6, 0.6, 0.6]),
-        sample_tokens=np.array([10, 10, 10]),
-        greedy_tokens=np.array([2, 2, 2]),
+        agreement=np.array([0.6, 0.6, 0.6, 0.4]),
+        sample_tokens=np.array([10, 10, 10, 10]),
+        greedy_tokens=np.array([2, 2, 2, 2]),
     )
     records = [
         record(SHORT, "PARIS"),
@@ -209,8 +362,15 @@ def test_confidence_of_records_by_question_id():
         record(CHOICE, "C", 1),
         record(CHOICE, "(B)"),
         record(SHORT, "Lyon", 1),
+        record(SENTENCE, "It is in Paris."),
+        record(SENTENCE, "Paris", 1),
+        record(SENTENCE, "Lyon", 2),
     ]
+    # "It is in Paris." = [it is in paris] against the five samples: itself 1; [paris]
+    # LCS 1, 2/(1+4) = 2/5; [in paris france] LCS "in paris" 2, 4/(3+4) = 4/7; Rome 0; "" 0.
+    # "Paris" = [paris]: [it is in paris] 2/5; itself 1; [in paris france] 2/(1+3) = 1/2; 0; 0.
     expected = [0.6, 0.6, 0.2, 0.0, 0.0, 0.6, 0.2]
+    expected += [(1 + 2 / 5 + 4 / 7) / 5, (2 / 5 + 1 + 1 / 2) / 5, 0.0]
     np.testing.assert_allclose(self_consistency_confidence(result, records), expected)
     np.testing.assert_allclose(result.confidence(records), expected)
     assert result.cost_ratio == 5.0

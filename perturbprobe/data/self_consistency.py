@@ -1,15 +1,15 @@
-"""Self-consistency: the black-box baseline — sample n answers, count those that agree with the
-greedy one.
+"""Self-consistency: the black-box baseline — sample n answers, measure how far they agree
+with the greedy one.
 
 The strongest signal of black-box uncertainty tools is self-consistency: sample n answers at a
-temperature T and measure how many agree with the answer actually given (the greedy one). It is
-UQLM's "exact match" black-box scorer and the discrete form of LM-Polygraph's "lexical
-similarity"; perturbprobe reports it next to its probes together with its cost, n sampled
-answers per question (:attr:`SelfConsistency.sample_tokens` against
-:attr:`SelfConsistency.greedy_tokens`).
+temperature T and measure how much they agree with the answer actually given (the greedy one).
+perturbprobe reports it next to its probes together with its cost, n sampled answers per
+question (:attr:`SelfConsistency.sample_tokens` against :attr:`SelfConsistency.greedy_tokens`).
 
-Agreement is exact match of *answer keys*, so that "The answer is 42." agrees with "42". The
-key follows the grader the question asks for (:func:`grader_name_for`) and its ``format``:
+The agreement of one sample with a response (:func:`answer_agreement`, in [0, 1]) follows the
+grader the question asks for (:func:`grader_name_for`) and its ``format``. Keyed formats compare
+*answer keys* (:func:`answer_key`) exactly — 1 if the keys are equal, else 0 — so that "The
+answer is 42." agrees with "42"; this is UQLM's "exact match" black-box scorer on the keys:
 
 - ``numeric`` grader or ``number`` format: the last number of the response
   (:func:`parse_numbers`, as the numeric grader reads it);
@@ -17,24 +17,32 @@ key follows the grader the question asks for (:func:`grader_name_for`) and its `
   chosen — its letter ("B", "(B)", "B) Paris", "Answer: B") or, failing a letter, the one
   option whose text the response contains. The key is the letter for which the choice grader
   itself grades the response correct, so it cannot drift from the grader;
-- ``truefalse`` grader or format: the verdict, "true" or "false" (true/yes/correct against
-  false/no/incorrect, the first such word of the normalised response, inverted after
-  "not"). Parsed here: graders.py has no true/false grader yet;
-- otherwise: :func:`normalize_answer` of the whole response (accents, case, punctuation and
-  articles removed: "Paris." agrees with "paris").
+- ``truefalse`` grader or format: the verdict, "true" or "false", as the truefalse grader
+  reads it (:func:`~perturbprobe.data.graders.truefalse_verdict`).
 
-A response without a key — empty, or with no number, no option or no verdict where one is
-needed — never agrees with anything: a sample without a key counts as a disagreement, and a
-greedy answer without a key gets agreement 0.
+A response without a key (no number, no option or no verdict) never agrees with anything.
 
-Exact match suits short answers (a number, a letter, a verdict, a name). On long free-form
-answers two samples almost never agree word for word: on 40 ``builtin:easy-qa`` questions
-SmolLM2-135M's 32-token answers gave agreement 0 everywhere (AUROC 0.5) — a graded lexical
-similarity (LM-Polygraph's ROUGE-L) or a prompt asking for a short answer is needed there.
+Every other question — the ``contains`` and ``exact`` graders (``short`` format) and graders
+registered by users — has a free-text answer, and there agreement is graded: the ROUGE-L F1
+(:func:`rouge_l_f1`; Lin 2004) of the sample's and the response's normalised tokens
+(``normalize_answer(text).split()``: accents, case, punctuation and articles removed), from
+the longest common subsequence of tokens (:func:`lcs_length`). Exact match of whole sentences
+is the wrong key for free text: on 40 ``builtin:easy-qa`` questions not one of SmolLM2-135M's
+200 sampled 32-token answers matched its greedy answer word for word, so agreement was 0
+everywhere and the AUROC 0.5. ROUGE-L is the "lexical similarity" of LM-Polygraph (Fadeeva et
+al., 2023, ``LexicalSimilarity(metric="rougeL")``, after Fomicheva et al., 2020), with two
+differences: LM-Polygraph averages over all pairs of samples and stems words (the
+``rouge-score`` package with a Porter stemmer), whereas here each sample is compared with the
+answer being scored, as UQLM's black-box scorers do, on the graders' own normalisation. On one-
+word answers ROUGE-L F1 is exact match ("Paris." against "paris": 1; "Paris, France" against
+"Paris": 2/3). An empty (normalised) text agrees with nothing. The LCS is a small dynamic
+program written here (answers are a few dozen tokens) rather than a dependency on
+``rouge-score``, whose tokenizer would differ from :func:`normalize_answer` anyway.
 
-The confidence of any (question, response) pair (:func:`self_consistency_confidence`) is the
-share of the question's n samples whose key equals the response's key; for the greedy answer
-that is its agreement.
+The agreement of a question (:attr:`SelfConsistency.agreement`) is the mean agreement of its n
+samples with the greedy answer. The confidence of any (question, response) pair
+(:func:`self_consistency_confidence`) is the mean agreement of the question's n samples with
+that response; for the greedy answer it is the question's agreement.
 
 >>> result = self_consistency(llm, dataset, greedy, n=5)  # doctest: +SKIP
 >>> confidence = self_consistency_confidence(result, records)  # doctest: +SKIP
@@ -51,7 +59,14 @@ import numpy as np
 
 from ..errors import DatasetError, GenerationError
 from ..llm import LLM
-from .graders import GRADERS, grade_choice, grader_name_for, normalize_answer, parse_numbers
+from .graders import (
+    GRADERS,
+    grade_choice,
+    grader_name_for,
+    normalize_answer,
+    parse_numbers,
+    truefalse_verdict,
+)
 from .records import Record
 from .schema import Example, choice_letters
 
@@ -60,13 +75,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SelfConsistency",
+    "answer_agreement",
     "answer_key",
+    "lcs_length",
+    "rouge_l_f1",
     "self_consistency",
     "self_consistency_confidence",
 ]
-
-_TRUE = {"true", "yes", "correct"}
-_FALSE = {"false", "no", "incorrect"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,9 @@ class SelfConsistency:
         The greedy answers the samples are compared with.
     samples : tuple of tuple of str (m, n)
     agreement : ndarray of float (m,)
-        Share of the n samples whose answer key equals the greedy answer's, in [0, 1].
+        Mean agreement of the n samples with the greedy answer (:func:`answer_agreement`), in
+        [0, 1]: for keyed formats the share of samples whose key is the greedy answer's, for
+        free text the mean ROUGE-L F1.
     sample_tokens : ndarray of int (m,)
         Tokens generated for the n samples of each question (end-of-turn tokens included).
     greedy_tokens : ndarray of int (m,)
@@ -135,16 +152,70 @@ class SelfConsistency:
 
 def answer_key(response: str, example: Example) -> str | None:
     """The answer ``response`` gives to ``example``, as compared by self-consistency (module
-    docstring), or None when it gives none."""
-    grader = grader_name_for(example)
-    if grader == "numeric" or example.format == "number":
+    docstring), or None when it gives none: for keyed formats the number, letter or verdict;
+    for free text the normalised response (whose tokens :func:`answer_agreement` compares by
+    ROUGE-L rather than by equality)."""
+    kind = _key_kind(example)
+    if kind == "number":
         numbers = parse_numbers(response)
         return repr(numbers[-1] + 0.0) if numbers else None  # + 0.0: -0.0 and 0.0 agree
-    if example.choices and (grader == "choice" or example.format == "mc"):
+    if kind == "choice":
         return _chosen_letter(response, example)
-    if grader == "truefalse" or example.format == "truefalse":
-        return _verdict(response)
+    if kind == "verdict":
+        verdict = truefalse_verdict(response)
+        return None if verdict is None else ("true" if verdict else "false")
     return normalize_answer(response) or None
+
+
+def answer_agreement(sample: str, response: str, example: Example) -> float:
+    """How far the sampled answer ``sample`` agrees with ``response`` to ``example``, in [0, 1].
+
+    Keyed formats (number, choice, verdict): 1.0 if both have the same :func:`answer_key`,
+    else 0.0 (also when ``response`` has no key). Free text: the ROUGE-L F1
+    (:func:`rouge_l_f1`) of their normalised tokens, ``normalize_answer(text).split()``.
+    """
+    if _key_kind(example) == "text":
+        return rouge_l_f1(normalize_answer(sample).split(), normalize_answer(response).split())
+    key = answer_key(response, example)
+    return float(key is not None and answer_key(sample, example) == key)
+
+
+def lcs_length(first: Sequence[str], second: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token sequences (not necessarily
+    contiguous, order kept): ``lcs_length("a b c d".split(), "a c b d".split()) == 3``."""
+    # previous[j]: LCS of the tokens of `first` read so far and second[:j]; one row at a time.
+    previous = [0] * (len(second) + 1)
+    for token in first:
+        current = [0]
+        for j, other in enumerate(second):
+            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l_f1(candidate: Sequence[str], reference: Sequence[str]) -> float:
+    """ROUGE-L F1 of two token sequences: with L their longest common subsequence
+    (:func:`lcs_length`), precision L / len(candidate), recall L / len(reference), and their
+    harmonic mean 2PR / (P + R) = 2L / (len(candidate) + len(reference)). Symmetric; 1 for
+    equal non-empty sequences, 0 when they share no token or one is empty."""
+    common = lcs_length(candidate, reference)
+    if not common:
+        return 0.0
+    precision, recall = common / len(candidate), common / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _key_kind(example: Example) -> str:
+    """How answers to ``example`` are compared: "number", "choice", "verdict" (exact keys) or
+    "text" (ROUGE-L)."""
+    grader = grader_name_for(example)
+    if grader == "numeric" or example.format == "number":
+        return "number"
+    if example.choices and (grader == "choice" or example.format == "mc"):
+        return "choice"
+    if grader == "truefalse" or example.format == "truefalse":
+        return "verdict"
+    return "text"
 
 
 def _chosen_letter(response: str, example: Example) -> str | None:
@@ -156,19 +227,6 @@ def _chosen_letter(response: str, example: Example) -> str | None:
         if grade(response, dataclasses.replace(example, answers=(letter,)))
     ]
     return letters[0] if len(letters) == 1 else None
-
-
-def _verdict(response: str) -> str | None:
-    """The verdict, "true" or "false": the first verdict word of the normalised response,
-    inverted after "not"; None without one."""
-    words = normalize_answer(response).split()
-    for index, word in enumerate(words):
-        if word in _TRUE or word in _FALSE:
-            verdict = word in _TRUE
-            if index and words[index - 1] == "not":
-                verdict = not verdict
-            return "true" if verdict else "false"
-    return None
 
 
 def self_consistency(
@@ -261,7 +319,7 @@ def self_consistency(
     samples = tuple(tuple(answer.response for answer in row) for row in sampled)
     agreement = np.array(
         [
-            _agreement(answer_key(response, example), row, example)
+            _agreement(response, row, example)
             for example, response, row in zip(examples, greedy, samples, strict=True)
         ],
         dtype=np.float64,
@@ -286,10 +344,10 @@ def self_consistency(
 
 
 def self_consistency_confidence(result: SelfConsistency, records: Sequence[Record]) -> np.ndarray:
-    """The self-consistency confidence (n,) of each record, aligned with ``records``: the share
-    of its question's samples (matched by ``question_id``) whose answer key equals the key of
-    the record's response — the agreement for the greedy answer; 0 for a response without a
-    key.
+    """The self-consistency confidence (n,) of each record, aligned with ``records``: the mean
+    agreement (:func:`answer_agreement`) of its question's samples (matched by
+    ``question_id``) with the record's response — the question's agreement for the greedy
+    answer; 0 for a response without a key or, for free text, without a word.
 
     Raises
     ------
@@ -309,15 +367,15 @@ def self_consistency_confidence(result: SelfConsistency, records: Sequence[Recor
                 f"record {record.id!r}: question {record.question_id!r} has no self-consistency "
                 "samples"
             ) from None
-        confidence[index] = _agreement(answer_key(record.response, example), samples, example)
+        confidence[index] = _agreement(record.response, samples, example)
     return confidence
 
 
-def _agreement(key: str | None, samples: Sequence[str], example: Example) -> float:
-    """Share of ``samples`` whose key is ``key`` (0 without a key or samples)."""
-    if key is None or not samples:
+def _agreement(response: str, samples: Sequence[str], example: Example) -> float:
+    """Mean agreement of ``samples`` with ``response`` (0 without samples)."""
+    if not samples:
         return 0.0
-    return sum(answer_key(sample, example) == key for sample in samples) / len(samples)
+    return sum(answer_agreement(sample, response, example) for sample in samples) / len(samples)
 
 
 def _estimated_tokens(llm: LLM, response: str, max_new_tokens: int) -> int:
