@@ -181,7 +181,9 @@ def test_paraphrase_source_matches_prompts_rendered_by_hand():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_family_is_finite_on_every_architecture(arch):
-    fs = extract(make_tiny_llm(arch), _records(), overrides=[ALL_SOURCES], progress=False)
+    fs = extract(
+        make_tiny_llm(arch), _records(), families="all", overrides=[ALL_SOURCES], progress=False
+    )
     assert np.isfinite(fs.X.to_numpy()).all()
     assert any(c.startswith("sua/paraphrase") for c in fs.schema)
     assert any(c.startswith("semantic_gradient/") for c in fs.schema)
