@@ -19,8 +19,10 @@ Metrics per protocol: pooled AUROC (all scored answers together — it can be wo
 domains apart), within-domain AUROC (mean over domains of the AUROC inside each, with a
 stratified bootstrap interval), the lowest domain's AUROC, the mean over domains of each
 domain's ECE, pooled ECE and Brier. The calibrated mean token probability and (with
-``--self-consistency FILE``, a JSONL of ``question_id``, ``agreement``) self-consistency are
-treated the same way.
+``--self-consistency FILE``, a JSONL of ``question_id``, ``agreement`` from
+``benchmarks/self_consistency.py``) self-consistency are treated the same way; with it, every
+score is evaluated on the questions that have a self-consistency score (methods still train
+on every answer of the training domains).
 
 Methods (``--methods``; probes on the ``hidden_states`` block unless said):
 
@@ -254,10 +256,11 @@ def main() -> None:
         flush=True,
     )
     scores = {"baseline: mean token prob": baseline_scores(data.fs.features)["mean token prob"]}
-    if args.self_consistency:
-        scores["baseline: self-consistency (N=5)"] = self_consistency_scores(
-            args.self_consistency, data
-        )
+    if args.self_consistency:  # every score on the questions that have the baseline's
+        agreement = self_consistency_scores(args.self_consistency, data)
+        scores["baseline: self-consistency (N=5)"] = agreement
+        data.generated = data.generated & np.isfinite(agreement)
+        print(f"evaluated on the {int(data.generated.sum())} answers with self-consistency")
     results = {}
     for name in [m.strip() for m in args.methods.split(",") if m.strip()] + list(scores):
         began = time.perf_counter()
