@@ -31,6 +31,8 @@ Methods (``--methods``; probes on the ``hidden_states`` block unless said):
 - ``leace``: the domain erased from the activations (LEACE, fitted on the training domains);
 - ``centred``: activations centred per domain, on each domain's own answers (no labels);
 - ``leace+centred``: both;
+- ``domain-groups``: logistic-cv whose regularisation is chosen by inner folds grouped by
+  domain (the C that transfers) instead of by question;
 - ``fixed-effects``: a within-domain objective — one intercept per training domain (one-hot
   columns) so the weights learn only from differences inside domains, dropped at scoring;
 - ``layer-<l>``: one layer of the block alone (per-layer choice);
@@ -97,6 +99,8 @@ class Data:
 def fit_score(method: str, data: Data, train: np.ndarray, score: np.ndarray, seed: int):
     """Raw scores (len(score),) of ``method`` fitted on rows ``train``."""
     y, groups = data.y[train], data.questions[train]
+    if method == "domain-groups":
+        groups = data.domains[train]
     weights = None
     if method in ("lightgbm-scalar", "stacking"):
         families = [f for f in data.fs.families if f != BLOCK]
