@@ -215,16 +215,19 @@ def summarise(y, p, domains, n_bootstrap: int, seed: int) -> dict:
     }
 
 
-def load(path: str, teacher_forced: bool) -> Data:
+def load(path: str, teacher_forced: bool, group_by: str = "domain") -> Data:
+    """The FeatureSet's rows for the methods; ``group_by="format"`` holds out answer formats
+    instead of domains."""
     fs = FeatureSet.load(path)
     keep = np.isin(fs.sources, ["generated", "gold", "wrong"] if teacher_forced else ["generated"])
     fs = fs.subset(keep)
-    if all(d is None for d in fs.domains):
-        raise SystemExit(f"{path}: the records carry no domain; collect them again")
+    groups = fs.formats if group_by == "format" else fs.domains
+    if all(d is None for d in groups):
+        raise SystemExit(f"{path}: the records carry no {group_by}; collect them again")
     return Data(
         fs=fs,
         y=fs.y,
-        domains=fs.domains.astype(str),
+        domains=groups.astype(str),
         questions=np.asarray(fs.question_ids, dtype=object),
         generated=fs.sources == "generated",
         block=np.asarray(fs.blocks[BLOCK], dtype=np.float32),
@@ -246,17 +249,20 @@ def main() -> None:
     parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--inner", choices=("domain", "question"), default="domain")
     parser.add_argument("--teacher-forced", action="store_true")
+    parser.add_argument(
+        "--group-by", choices=("domain", "format"), default="domain", help="what is held out"
+    )
     parser.add_argument("--self-consistency", default=None, metavar="JSONL")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/domain_transfer.json")
     args = parser.parse_args()
     start = time.perf_counter()
-    data = load(args.features, args.teacher_forced)
+    data = load(args.features, args.teacher_forced, args.group_by)
     generated = data.generated
     print(
         f"{int(generated.sum())} generated answers ({data.y[generated].mean():.1%} correct) in "
-        f"{len(set(data.domains[generated]))} domains; {len(data.y)} training records",
+        f"{len(set(data.domains[generated]))} {args.group_by}s; {len(data.y)} training records",
         flush=True,
     )
     scores = {"baseline: mean token prob": baseline_scores(data.fs.features)["mean token prob"]}
