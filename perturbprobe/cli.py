@@ -991,7 +991,7 @@ def sps(obj, model, device, dtype, dataset, limit, positions, batch_size, out):
     "--per-domain",
     type=click.IntRange(min=1),
     default=None,
-    help="Questions of each domain in the balanced sample  [default: DEMO_PER_DOMAIN, 30]",
+    help="Questions of each domain in the balanced sample  [default: DEMO_PER_DOMAIN, 50]",
 )
 @click.option(
     "--limit", type=click.IntRange(min=1), help="Use only the first N questions of each dataset."
