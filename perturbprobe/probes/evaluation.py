@@ -22,7 +22,7 @@ from ..features import FeatureSet
 from .baselines import baseline_scores
 from .bundle import ProbeBundle
 
-__all__ = ["count_values", "evaluate_bundles", "heldout_rows", "probe_label"]
+__all__ = ["count_values", "evaluate_bundles", "evaluated_on", "heldout_rows", "probe_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +105,7 @@ def evaluate_bundles(
             scores[f"baseline: {name}"] = calibrator.transform(raw)
     importances = getattr(primary.probe, "feature_importances_", None)
     report_summary = {
-        "evaluated on": {
-            "records": len(y),
-            "correct": int(y.sum()),
-            "positive rate": round(float(y.mean()), 4),
-            "sources": count_values(part.sources),
-        },
+        "evaluated on": evaluated_on(y, part.sources),
         "LLM": primary.manifest["llm"],
         "probe": primary.manifest["probe"],
         "calibrator": primary.manifest["calibrator"]["name"],
@@ -132,6 +127,17 @@ def evaluate_bundles(
         domains=part.domains if has_groups(part.domains) else None,
         formats=part.formats if has_groups(part.formats) else None,
     )
+
+
+def evaluated_on(y: np.ndarray, sources: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """The report's summary of the answers a score was evaluated on (labels y (n,))."""
+    return {
+        "records": len(y),
+        "correct": int(y.sum()),
+        "positive rate": round(float(y.mean()), 4),
+        "sources": count_values(sources),
+        **extra,
+    }
 
 
 def count_values(values: np.ndarray) -> dict[str, int]:

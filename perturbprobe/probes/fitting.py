@@ -44,7 +44,7 @@ from ..features import FeatureSet
 from .base import Probe, make_probe, probe_class
 from .baselines import baseline_scores
 from .bundle import ProbeBundle
-from .evaluation import count_values, evaluate_bundles, probe_label
+from .evaluation import count_values, evaluate_bundles, evaluated_on, probe_label
 from .selection import Candidate, Selection, cross_fitted_platt, default_candidates, select_probe
 from .splits import MIN_DOMAINS, QuestionSplit, holdout_split
 
@@ -420,15 +420,9 @@ def _cross_validated_report(
     for name, raw in baseline_raw.items():
         scores[f"baseline: {name}"] = cross_fitted_platt(raw[rows], y, fold)
     part = featureset.subset(rows)
+    what = f"cross-validated out-of-fold scores (folds by {selection.fold_by}); no test part"
     summary = {
-        "evaluated on": {
-            "records": len(y),
-            "correct": int(y.sum()),
-            "positive rate": round(float(y.mean()), 4),
-            "sources": count_values(part.sources),
-            "what": f"cross-validated out-of-fold scores (folds by {selection.fold_by}); "
-            "no held-out test part",
-        },
+        "evaluated on": evaluated_on(y, part.sources, what=what),
         "LLM": bundle.manifest["llm"],
         "probe": bundle.manifest["probe"],
         "training": bundle.manifest["training"],
