@@ -358,6 +358,13 @@ _CALIBRATORS = ["platt", "isotonic", "temperature", "histogram", "none"]
     "estimate.",
 )
 @click.option(
+    "--test",
+    "test_features",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Your own labelled test FeatureSet (other questions, same LLM and families): every "
+    "record of --features trains, and the report and --target-risk use these answers.",
+)
+@click.option(
     "--calibrator", "-c", type=click.Choice(_CALIBRATORS), default="platt", show_default=True
 )
 @click.option(
@@ -408,6 +415,7 @@ def fit(
     params,
     select_by,
     holdout,
+    test_features,
     target_risk,
     delta,
     teacher_forced_weight,
@@ -438,6 +446,7 @@ def fit(
         ),
         select_by=select_by,
         holdout=holdout,
+        test_features=None if test_features is None else FeatureSet.load(test_features),
         target_risk=target_risk,
         delta=delta,
         random_state=seed,
@@ -446,7 +455,13 @@ def fit(
     bundle.save(out, overwrite=overwrite)
     if bundle.report.selection is not None:
         _print_selection(bundle.report.selection)
-    tested = "held-out test questions" if holdout else "cross-validated, no test part"
+    tested = (
+        f"your test answers ({test_features})"
+        if test_features
+        else "held-out test questions"
+        if holdout
+        else "cross-validated, no test part"
+    )
     _print_metrics(bundle.report, title=tested)
     if bundle.abstention is not None:
         _print_abstention(bundle.abstention)

@@ -154,3 +154,36 @@ def test_holdout_split_parts():
     assert 0.15 < len(split.test) / len(fs) < 0.35
     with pytest.raises(ProbeError, match=r"holdout must be in \[0, 1\)"):
         holdout_split(fs.question_ids, fs.y, holdout=1.0)
+
+
+def test_the_users_own_test_features(featureset, tmp_path):
+    own = synthetic_featureset(60, seed=9, prefix="own")
+    bundle = fit_bundle(
+        featureset,
+        probe="lightgbm",
+        probe_params=FAST,
+        test_features=own,
+        target_risk=0.4,
+        n_bootstrap=0,
+    )
+    assert len(bundle.split["train"]) == len(featureset) and bundle.split["test"] == []
+    generated = int((own.sources == "generated").sum())
+    assert bundle.report.summary["evaluated on"]["records"] == generated
+    assert bundle.abstention.n == generated  # certified on the user's answers
+    assert bundle.manifest["training"]["split"]["test_features"] is True
+    with pytest.raises(ProbeError, match="share 150 questions with the training features"):
+        fit_bundle(featureset, probe="lightgbm", probe_params=FAST, test_features=featureset)
+
+
+def test_fit_command_takes_a_test_featureset(featureset, tmp_path):
+    from click.testing import CliRunner
+
+    from perturbprobe.cli import cli
+
+    train = featureset.save(tmp_path / "train")
+    test = synthetic_featureset(60, seed=9, prefix="own").save(tmp_path / "test")
+    args = ["fit", "-f", str(train), "--test", str(test), "-p", "logistic", "-o"]
+    result = CliRunner().invoke(cli, [*args, str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    assert f"your test answers ({test})" in result.output
+    assert "model selection, leave one domain out" in result.output  # the named probe's CV

@@ -79,6 +79,7 @@ def fit_bundle(
     heldout_sources: Sequence[str] | None = None,
     split: QuestionSplit | None = None,
     holdout: float = 0.2,
+    test_features: FeatureSet | None = None,
     random_state: int = 0,
     n_bootstrap: int = 1000,
     progress: bool = False,
@@ -125,6 +126,10 @@ def fit_bundle(
         validation part, if any, is used for training like the training part.
     holdout : float in [0, 1)
         Share of the questions held out for the test part (0: none).
+    test_features : FeatureSet, optional
+        The user's own labelled test answers (same LLM and features, no question of
+        ``featureset``): then every record of ``featureset`` trains (``holdout`` and
+        ``split`` do not apply), and the threshold and the report use these answers.
     random_state : int
         Seeds the split, the folds, the probe (unless given as an instance) and the bootstrap.
     n_bootstrap : int
@@ -146,16 +151,21 @@ def fit_bundle(
         raise ProbeError("probe_params only apply to a probe given by name")
     if select_by not in SELECT_BY:
         raise ProbeError(f"select_by must be one of {', '.join(SELECT_BY)}, got {select_by!r}")
+    if test_features is not None:
+        _check_disjoint(featureset, test_features)
+        holdout, split = 0.0, None
     if split is None:
         split = holdout_split(
             featureset.question_ids, y, holdout=holdout, random_state=random_state
         )
     rest = np.sort(np.concatenate([split.train, split.validation]))
-    test = _heldout(featureset, split.test, heldout_sources) if len(split.test) else split.test
+    tested = featureset if test_features is None else test_features  # where the test rows are
+    test_rows = split.test if test_features is None else np.arange(len(test_features))
+    test = _heldout(tested, test_rows, heldout_sources) if len(test_rows) else test_rows
     if target_risk is not None and len(test) == 0:
         raise ProbeError(
             "an abstention threshold (target_risk) is certified on held-out answers; "
-            "pass a holdout > 0"
+            "pass a holdout > 0 or test features"
         )
     train, weights = _training_rows(featureset, rest, teacher_forced_weight)
     evaluated = _heldout(featureset, rest, heldout_sources)
@@ -248,22 +258,29 @@ def fit_bundle(
                 "sources": count_values(featureset.sources[train]),
                 "domains": count_values(featureset.domains[train]),
                 "teacher_forced_weight": teacher_forced_weight,
-                "split": {"test": len(test), "holdout": holdout, "seed": random_state},
+                "split": {
+                    "test": len(test),
+                    "holdout": holdout,
+                    "test_features": test_features is not None,
+                    "seed": random_state,
+                },
                 "heldout_sources": sorted(set(featureset.sources[evaluated].tolist())),
             },
             "selection": None if not auto else selection.to_dict(),
         },
     )
-    test_raw = bundle.predict_raw(featureset.subset(test)) if len(test) else np.zeros(0)
-    bundle.shift_reference = _shift_reference(
-        bundle, featureset, np.concatenate([scored, test]), np.concatenate([oof[scored], test_raw])
-    )
+    reference_rows, reference_raw = scored, oof[scored]
+    if test_features is None and len(test):  # held-out answers of the same FeatureSet
+        reference_rows = np.concatenate([scored, test])
+        test_raw = bundle.predict_raw(featureset.subset(test))
+        reference_raw = np.concatenate([reference_raw, test_raw])
+    bundle.shift_reference = _shift_reference(bundle, featureset, reference_rows, reference_raw)
     if target_risk is not None:
         reference = calibrator_obj.transform(oof[scored])  # training answers' confidences
-        bundle.abstention = _abstention(bundle, featureset, reference, test, target_risk, delta)
+        bundle.abstention = _abstention(bundle, tested, reference, test, target_risk, delta)
     if len(test):
         bundle.report = evaluate_bundles(
-            bundle, featureset, rows=test, n_bootstrap=n_bootstrap, selection=selection_table
+            bundle, tested, rows=test, n_bootstrap=n_bootstrap, selection=selection_table
         )
     else:
         bundle.report = _cross_validated_report(
@@ -368,6 +385,16 @@ def _shift_reference(bundle: ProbeBundle, featureset: FeatureSet, rows: np.ndarr
         logger.warning("only %d held-out answers: the bundle gets no shift reference", len(rows))
         return None
     return ShiftReference.fit(bundle.shift_values(featureset.subset(rows), raw))
+
+
+def _check_disjoint(featureset: FeatureSet, test_features: FeatureSet) -> None:
+    """Refuse test answers to questions the probe trains on."""
+    shared = set(featureset.question_ids) & set(test_features.question_ids)
+    if shared:
+        raise ProbeError(
+            f"the test features share {len(shared)} questions with the training features "
+            f"(e.g. {sorted(shared)[0]!r}); test on questions the probe never saw"
+        )
 
 
 def _fold_by(select_by: str, featureset: FeatureSet, evaluated: np.ndarray) -> str:
