@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from perturbprobe.calibration.calibrators import PlattCalibrator
-from perturbprobe.calibration.domains import within_domain_auroc
+from perturbprobe.calibration.domains import per_domain_metrics, within_domain_auroc
 from perturbprobe.calibration.metrics import (
     brier_score_loss,
     expected_calibration_error,
@@ -188,27 +188,20 @@ def in_domain(method, data: Data, seed: int, baseline=None):
 
 
 def summarise(y, p, domains, n_bootstrap: int, seed: int) -> dict:
-    per_domain = {}
-    for name in dict.fromkeys(domains.tolist()):
-        inside = domains == name
-        if len(set(y[inside].tolist())) == 2:
-            per_domain[name] = {
-                "n": int(inside.sum()),
-                "accuracy": float(y[inside].mean()),
-                "auroc": roc_auc_score(y[inside], p[inside]),
-                "ece": expected_calibration_error(y[inside], p[inside]),
-                "brier": brier_score_loss(y[inside], p[inside]),
-            }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         within = within_domain_auroc(y, p, domains, n_bootstrap=n_bootstrap, random_state=seed)
+        table = per_domain_metrics(y, p, domains, n_bootstrap=0)
+    table = table[table["auroc"].notna()]  # domains with both classes
+    columns = ["n", "accuracy", "auroc", "ece", "brier"]
+    per_domain = {str(name): row[columns].to_dict() for name, row in table.iterrows()}
     return {
         "pooled_auroc": roc_auc_score(y, p),
         "within_domain_auroc": within.value,
         "within_low": within.low,
         "within_high": within.high,
-        "min_domain_auroc": min(d["auroc"] for d in per_domain.values()),
-        "mean_domain_ece": float(np.mean([d["ece"] for d in per_domain.values()])),
+        "min_domain_auroc": float(table["auroc"].min()),
+        "mean_domain_ece": float(table["ece"].mean()),
         "pooled_ece": expected_calibration_error(y, p),
         "brier": brier_score_loss(y, p),
         "per_domain": per_domain,

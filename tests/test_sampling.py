@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from test_generate import PROMPTS  # the same prompts as the greedy tests
 from tiny_models import make_tiny_llm
 
 import perturbprobe
@@ -17,16 +18,6 @@ from perturbprobe.decoding.config import SamplingConfig
 from perturbprobe.decoding.decoder import _sample_seed, decode
 from perturbprobe.errors import GenerationError
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Add two and two.",
-    "Name a color.",
-    "Who wrote Hamlet? Explain why in a few words, please.",
-    "Is water wet?",
-    "How many legs does a spider have?",
-    "Translate hello into French.",
-]
-PROMPTS = [[{"role": "user", "content": q}] for q in QUESTIONS]
 NEW_TOKENS = 10
 
 
