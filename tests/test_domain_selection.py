@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from synthetic_features import synthetic_featureset
 
+from perturbprobe.calibration.calibrators import PlattCalibrator
 from perturbprobe.errors import ProbeError
-from perturbprobe.probes import fit_bundle
+from perturbprobe.probes import fit_bundle, make_probe
+from perturbprobe.probes.logistic_cv import cv_folds
 from perturbprobe.probes.selection import Candidate, select_probe
 from perturbprobe.probes.splits import domain_folds, holdout_split
 
@@ -130,6 +132,20 @@ def test_calibrator_is_fitted_on_the_out_of_fold_scores_of_every_training_answer
     assert not np.isin(bundle.split["test"], bundle.split["train"]).any()
     # The shipped probe is fitted on every training record, not on 60% of them.
     assert int(train.sum()) > 0.75 * len(featureset)
+    # ... and its calibrator is Platt on the out-of-fold scores of all of them: redo by hand.
+    rows = np.flatnonzero(train)
+    X, y = bundle.probe_inputs(featureset), featureset.y  # a DataFrame: the named columns
+    questions = np.asarray(featureset.question_ids, dtype=object)
+    oof = np.full(len(y), np.nan)
+    for fit_rows, held in cv_folds(y[rows], questions[rows], 5, 0):
+        fit_rows, held = rows[fit_rows], rows[held]
+        probe = make_probe("lightgbm", random_state=0, **FAST)
+        probe.fit(X.iloc[fit_rows], y[fit_rows], groups=questions[fit_rows])
+        target = held[featureset.sources[held] == "generated"]
+        oof[target] = probe.predict_proba(X.iloc[target])[:, 1]
+    expected = PlattCalibrator().fit(oof[generated], y[generated])
+    grid = np.linspace(0.01, 0.99, 25)
+    np.testing.assert_allclose(bundle.calibrator.transform(grid), expected.transform(grid))
 
 
 def test_holdout_zero_reports_the_cross_validated_scores(featureset):

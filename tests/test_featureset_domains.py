@@ -70,3 +70,15 @@ def test_featureset_keeps_domains_and_reads_version_3(tmp_path):
     read = FeatureSet.load(path)
     assert len(read) == 60 and all(d is None for d in read.domains)
     assert read.schema == old.schema
+
+
+def test_a_per_domain_sample_interleaves_domains_so_any_prefix_is_balanced():
+    sample = load_dataset("builtin:easy-qa", per_domain=3, limit=22)
+    counts = {}
+    for example in sample:
+        counts[example.domain] = counts.get(example.domain, 0) + 1
+    assert len(counts) == 11 and set(counts.values()) == {2}
+    again = load_dataset("builtin:easy-qa", per_domain=3, limit=22)
+    assert [e.id for e in again] == [e.id for e in sample]
+    other = load_dataset("builtin:easy-qa", per_domain=3, limit=22, seed=1)
+    assert [e.id for e in other] != [e.id for e in sample]
