@@ -17,6 +17,7 @@ the processes of one job; nothing a user hands us is unpickled).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -135,5 +136,15 @@ def process_group() -> ProcessGroup | None:
         if backend == "nccl":
             torch.cuda.set_device(group.local_rank)
         dist.init_process_group(backend=backend)
+        # Left to the interpreter's teardown, the group's communication threads are destroyed
+        # while still joinable and the rank aborts ("terminate called without an active
+        # exception", SIGABRT) after its work is done; leave the group cleanly instead.
+        atexit.register(_leave_process_group)
         logger.debug("rank %d of %d joined (%s)", group.rank, world_size, backend)
     return group
+
+
+def _leave_process_group() -> None:
+    """Destroy the default process group at exit, if it is still there."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
