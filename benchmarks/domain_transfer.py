@@ -62,12 +62,12 @@ from perturbprobe.calibration.metrics import (
     expected_calibration_error,
     roc_auc_score,
 )
+from perturbprobe.data.splits import domain_folds
 from perturbprobe.features import FeatureSet
 from perturbprobe.probes import make_probe
 from perturbprobe.probes.baselines import baseline_scores
 from perturbprobe.probes.domain_invariance import DomainEraser, center_per_domain
 from perturbprobe.probes.logistic_cv import cv_folds
-from perturbprobe.probes.splits import domain_folds
 
 BLOCK = "hidden_states"
 DEFAULT_METHODS = (

@@ -61,7 +61,8 @@ def _last_line(output: str) -> str:
 def precision_and_memory(n_records: int, summary: list) -> None:
     """bf16 vs fp32 features per family, and each family's peak GPU memory."""
     from perturbprobe import load_llm
-    from perturbprobe.data import collect, load_dataset
+    from perturbprobe.data import load_dataset
+    from perturbprobe.decoding import collect
     from perturbprobe.features import extract
 
     records = collect(

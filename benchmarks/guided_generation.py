@@ -41,10 +41,10 @@ import numpy as np
 
 import perturbprobe
 from perturbprobe import GuardConfig
-from perturbprobe.data import load_dataset
+from perturbprobe.bundles import Scorer
+from perturbprobe.data import load_dataset, split_by_question
 from perturbprobe.data.graders import grader_name_for, resolve_grader
 from perturbprobe.features import FeatureSet
-from perturbprobe.probes import Scorer, split_by_question
 
 ARMS = ("greedy", "guard", "guard-logp", "random-pos", "best-of-K")
 

@@ -32,10 +32,11 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from perturbprobe.calibration.metrics import evaluate_confidence
+from perturbprobe.data import QuestionSplit, split_by_question
 from perturbprobe.features import FeatureSet
-from perturbprobe.probes import QuestionSplit, fit_bundle, split_by_question
 from perturbprobe.probes.baselines import baseline_scores
-from perturbprobe.probes.fitting import TEACHER_FORCED_WEIGHT
+from perturbprobe.training import fit_bundle
+from perturbprobe.training.fitting import TEACHER_FORCED_WEIGHT
 
 METRICS = ("auroc", "ece", "brier")
 DEFAULT_PROBES = (

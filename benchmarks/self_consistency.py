@@ -2,7 +2,7 @@
 
 Reads the LLM's graded greedy answers (records written by ``perturbprobe collect``), takes
 ``--per-domain`` questions of each domain (a seeded, balanced subset), samples N answers per
-question at temperature T (``perturbprobe.data.self_consistency``) and writes one JSONL row per
+question at temperature T (``perturbprobe.decoding.self_consistency``) and writes one JSONL row per
 question — ``question_id``, ``domain``, ``agreement``, ``label`` (the greedy answer's),
 ``sample_tokens``, ``greedy_tokens`` — for ``benchmarks/domain_transfer.py
 --self-consistency``. Prints the cost (generated tokens per question, × greedy) and the raw
@@ -25,8 +25,9 @@ import numpy as np
 import perturbprobe
 from perturbprobe.calibration.domains import within_domain_auroc
 from perturbprobe.calibration.metrics import roc_auc_score
-from perturbprobe.data import load_dataset, read_records, self_consistency
+from perturbprobe.data import load_dataset, read_records
 from perturbprobe.data.sampling import per_domain_sample
+from perturbprobe.decoding import self_consistency
 
 
 def main() -> None:

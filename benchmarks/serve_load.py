@@ -45,8 +45,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from perturbprobe.bundles import Scorer
 from perturbprobe.data import load_dataset
-from perturbprobe.probes import Scorer
 
 HTTP_TIMEOUT = 300.0  # seconds, every HTTP call
 READY_TIMEOUT = 180.0  # seconds for a server to load its LLM and bundle

@@ -3,27 +3,42 @@
 >>> import perturbprobe
 >>> llm = perturbprobe.load_llm("default")               # doctest: +SKIP
 >>> ds = perturbprobe.data.load_dataset("builtin:easy-qa")  # doctest: +SKIP
->>> records = perturbprobe.data.collect(llm, ds)          # doctest: +SKIP
+>>> records = perturbprobe.collect(llm, ds)               # doctest: +SKIP
 >>> fs = perturbprobe.extract(llm, records)                # doctest: +SKIP
+>>> bundle = perturbprobe.fit_bundle(fs, probe="auto")    # doctest: +SKIP
+>>> scorer = perturbprobe.Scorer(bundle, llm)             # doctest: +SKIP
 """
 
-from . import data, features, llm
+from . import _deprecated, bundles, calibration, data, decoding, features, llm, probes, training
 from ._version import __version__
-from .decoding import GuardConfig, generate
+from .bundles import ProbeBundle, Scorer
+from .decoding import GuardConfig, collect, generate
 from .errors import PerturbprobeError
 from .features import FeatureSet, extract
 from .llm import LLM, load_llm
+from .training import fit_bundle
+
+_deprecated.install()  # old module paths of 0.1, with a DeprecationWarning
 
 __all__ = [
     "LLM",
     "FeatureSet",
     "GuardConfig",
     "PerturbprobeError",
+    "ProbeBundle",
+    "Scorer",
     "__version__",
+    "bundles",
+    "calibration",
+    "collect",
     "data",
+    "decoding",
     "extract",
     "features",
+    "fit_bundle",
     "generate",
     "llm",
     "load_llm",
+    "probes",
+    "training",
 ]

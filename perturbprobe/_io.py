@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes so an interrupted run never leaves a half-written file.
+"""Small file and JSON helpers: atomic writes, so an interrupted run leaves no half-written file.
 
 Failing to create an output (a read-only or missing directory, a full disk) raises
 :class:`~perturbprobe.errors.PerturbprobeError` naming the output, so the command line prints
@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 from .errors import PerturbprobeError
 
@@ -124,3 +126,9 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return Path(path)
+
+
+def count_values(values: np.ndarray) -> dict[str, int]:
+    """``{value: count}`` of a 1-D array, JSON-ready."""
+    names, counts = np.unique(values.astype(str), return_counts=True)
+    return {str(name): int(count) for name, count in zip(names, counts, strict=True)}

@@ -31,12 +31,13 @@ from pathlib import Path
 import pandas as pd
 
 from ._io import atomic_write
+from .bundles import ProbeBundle, llm_slug
 from .calibration.report import Report
 from .data import accuracy_table, collect, load_dataset, read_records, write_records
 from .errors import DatasetError
 from .features import ExtractorConfig, FeatureSet, extract
 from .llm import LLM
-from .probes import ProbeBundle, fit_bundle, llm_slug
+from .training import fit_bundle
 
 __all__ = ["DEMO_DATASETS", "DEMO_PER_DOMAIN", "DEMO_TARGET_RISK", "DemoResult", "run_demo"]
 

@@ -18,11 +18,12 @@ import pandas as pd
 import pytest
 from tiny_models import make_tiny_llm, save_llm
 
-from perturbprobe.data import Record, collect, load_dataset, write_records
+from perturbprobe.data import Record, load_dataset, write_records
+from perturbprobe.decoding import collect
 from perturbprobe.distributed import ProcessGroup
 from perturbprobe.errors import PerturbprobeWarning
 from perturbprobe.features import FeatureSet, extract
-from perturbprobe.probes import fit_bundle
+from perturbprobe.training import fit_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,12 @@ import pytest
 from synthetic_features import synthetic_featureset
 
 from perturbprobe.calibration.calibrators import PlattCalibrator
+from perturbprobe.data.splits import domain_folds, holdout_split
 from perturbprobe.errors import ProbeError
-from perturbprobe.probes import fit_bundle, make_probe
+from perturbprobe.probes import make_probe
 from perturbprobe.probes.logistic_cv import cv_folds
-from perturbprobe.probes.selection import Candidate, select_probe
-from perturbprobe.probes.splits import domain_folds, holdout_split
+from perturbprobe.training import fit_bundle
+from perturbprobe.training.selection import Candidate, select_probe
 
 FAST = {"n_estimators": 40}
 DOMAINS = ("capitals", "elements", "units", "weekdays", "spelling")
@@ -91,7 +92,7 @@ def test_a_single_class_domain_is_skipped_with_a_warning(featureset, caplog):
     only_right = featureset.domains == "units"
     y[only_right] = 1
     rows = np.arange(len(featureset))
-    with caplog.at_level(logging.WARNING, logger="perturbprobe.probes.splits"):
+    with caplog.at_level(logging.WARNING, logger="perturbprobe.data.splits"):
         folds = domain_folds(rows, featureset.domains, y, featureset.sources == "generated")
     assert len(folds) == len(DOMAINS) - 1
     assert "skipped 1 of 5 domains" in caplog.text and "units" in caplog.text

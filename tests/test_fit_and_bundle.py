@@ -12,22 +12,20 @@ import pytest
 from click.testing import CliRunner
 from synthetic_features import SCHEMA, TOKEN_SCHEMA, synthetic_featureset
 
+from perturbprobe.bundles import BUNDLE_FORMAT_VERSION, ProbeBundle, llm_slug
+from perturbprobe.bundles.bundle import _manifest_hash
 from perturbprobe.calibration.metrics import roc_auc_score
 from perturbprobe.cli import cli
+from perturbprobe.data import split_by_question
 from perturbprobe.errors import BundleError, CalibrationError, ProbeError
 from perturbprobe.features import ExtractorConfig
-from perturbprobe.probes import (
-    BUNDLE_FORMAT_VERSION,
-    ProbeBundle,
+from perturbprobe.training import (
     bundle_split,
     evaluate_bundles,
     family_ablation,
     fit_bundle,
     heldout_rows,
-    llm_slug,
-    split_by_question,
 )
-from perturbprobe.probes.bundle import _manifest_hash
 
 # Small training budgets: these tests check wiring and files, not probe quality.
 FAST = {

@@ -19,15 +19,17 @@ from tiny_models import ARCHS, make_tiny_llm, save_llm
 
 import perturbprobe
 from perturbprobe import GuardConfig
+from perturbprobe.bundles import Scorer
 from perturbprobe.cli import cli
-from perturbprobe.data import collect, load_dataset
+from perturbprobe.data import load_dataset
+from perturbprobe.decoding import collect
 from perturbprobe.decoding.decoder import decode
 from perturbprobe.decoding.reference import transformers_greedy
 from perturbprobe.errors import GenerationError, PerturbprobeWarning
 from perturbprobe.features import extract
 from perturbprobe.features.distributions import entropy_from_log_probs
 from perturbprobe.features.entropy_dynamics import spike_threshold
-from perturbprobe.probes import Scorer, fit_bundle
+from perturbprobe.training import fit_bundle
 
 QUESTIONS = [
     "What is the capital of France?",

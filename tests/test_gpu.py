@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from tiny_models import build_model, build_tokenizer
 
-from perturbprobe.data import collect, load_dataset
+from perturbprobe.data import load_dataset
+from perturbprobe.decoding import collect
 from perturbprobe.features import extract
 from perturbprobe.llm import LLM
 

@@ -38,8 +38,11 @@ from tiny_models import make_tiny_llm, save_llm
 
 import perturbprobe.calibration.report as report_module
 from perturbprobe._io import atomic_directory
+from perturbprobe.bundles import BUNDLE_FORMAT_VERSION, ProbeBundle
+from perturbprobe.bundles.bundle import _manifest_hash
 from perturbprobe.cli import cli
-from perturbprobe.data import collect, load_dataset, read_records, write_records
+from perturbprobe.data import load_dataset, read_records, write_records
+from perturbprobe.decoding import collect
 from perturbprobe.errors import (
     BundleError,
     DatasetError,
@@ -50,8 +53,7 @@ from perturbprobe.errors import (
 )
 from perturbprobe.features import FeatureSet, extract
 from perturbprobe.features.featureset import FORMAT_VERSION
-from perturbprobe.probes import BUNDLE_FORMAT_VERSION, ProbeBundle, fit_bundle
-from perturbprobe.probes.bundle import _manifest_hash
+from perturbprobe.training import fit_bundle
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import perturbprobe
-from perturbprobe.data import collect, generate_responses, load_dataset
+from perturbprobe.data import load_dataset
+from perturbprobe.decoding import collect, generate_responses
 from perturbprobe.decoding.reference import transformers_greedy
 from perturbprobe.features import FeatureSet, extract
 from perturbprobe.llm import default_model

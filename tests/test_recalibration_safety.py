@@ -20,6 +20,8 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from synthetic_features import synthetic_featureset
 
+from perturbprobe.bundles import ProbeBundle
+from perturbprobe.bundles.recalibration import auroc_by_question, refit_calibrator
 from perturbprobe.calibration.calibrators import (
     LOGIT_EPS,
     SLOPE_PRIOR_SD,
@@ -30,10 +32,9 @@ from perturbprobe.calibration.calibrators import (
 )
 from perturbprobe.calibration.metrics import expected_calibration_error, roc_auc_score
 from perturbprobe.errors import CalibrationError, PerturbprobeWarning
-from perturbprobe.probes import ProbeBundle, fit_bundle
-from perturbprobe.probes.recalibration import auroc_by_question, refit_calibrator
+from perturbprobe.training import fit_bundle
 
-LOGGER = "perturbprobe.probes.recalibration"
+LOGGER = "perturbprobe.bundles.recalibration"
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,12 @@ import re
 
 import pytest
 
-from perturbprobe.data import (
-    Record,
-    accuracy_table,
-    collect,
-    load_dataset,
-    read_records,
-    write_records,
-)
+from perturbprobe.data import Record, accuracy_table, load_dataset, read_records, write_records
 from perturbprobe.data.schema import example_from_row
+from perturbprobe.decoding import collect
 from perturbprobe.errors import DatasetError
 
-collect_module = importlib.import_module("perturbprobe.data.collect")
+collect_module = importlib.import_module("perturbprobe.decoding.collect")
 io_module = importlib.import_module("perturbprobe._io")
 
 MESSAGES = ({"role": "user", "content": "What is the capital of France?"},)

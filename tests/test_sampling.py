@@ -13,7 +13,7 @@ from tiny_models import make_tiny_llm
 
 import perturbprobe
 from perturbprobe import GuardConfig
-from perturbprobe.data import generate_responses
+from perturbprobe.decoding import generate_responses
 from perturbprobe.decoding.config import SamplingConfig
 from perturbprobe.decoding.decoder import _sample_seed, decode
 from perturbprobe.errors import GenerationError

@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 from tiny_models import make_tiny_llm, save_llm
 
+from perturbprobe.bundles import ProbeBundle, Scorer, score_file
 from perturbprobe.cli import cli
 from perturbprobe.data import Record, write_records
 from perturbprobe.errors import BundleError, PairEncodingError
 from perturbprobe.features import extract
-from perturbprobe.probes import ProbeBundle, Scorer, fit_bundle, score_file
+from perturbprobe.training import fit_bundle
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -93,7 +94,7 @@ def test_scorer_matches_the_bundle_on_extracted_features(llm, bundle_dir, featur
 
 
 def test_scorer_extracts_only_the_families_the_bundle_reads(llm, bundle_dir, monkeypatch):
-    import perturbprobe.probes.scorer as scorer_module
+    import perturbprobe.bundles.scorer as scorer_module
 
     seen = []
     real_extract = scorer_module.extract

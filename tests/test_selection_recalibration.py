@@ -11,22 +11,15 @@ import pytest
 from sklearn.model_selection import StratifiedGroupKFold
 from synthetic_features import synthetic_featureset
 
+from perturbprobe.bundles import MIN_RECALIBRATION_ANSWERS, ProbeBundle
 from perturbprobe.calibration.calibrators import PlattCalibrator
 from perturbprobe.calibration.metrics import log_loss
+from perturbprobe.data import split_by_question
+from perturbprobe.data.splits import holdout_split
 from perturbprobe.errors import BundleError, ProbeError
-from perturbprobe.probes import (
-    MIN_RECALIBRATION_ANSWERS,
-    Candidate,
-    LogisticProbe,
-    ProbeBundle,
-    default_candidates,
-    fit_bundle,
-    heldout_rows,
-    make_probe,
-    split_by_question,
-)
+from perturbprobe.probes import LogisticProbe, make_probe
 from perturbprobe.probes.baselines import baseline_scores
-from perturbprobe.probes.splits import holdout_split
+from perturbprobe.training import Candidate, default_candidates, fit_bundle, heldout_rows
 
 CANDIDATES = [
     Candidate("logistic", ("baseline", "ccps")),

@@ -15,7 +15,7 @@ import perturbprobe
 from perturbprobe.data import Record, load_dataset
 from perturbprobe.data.graders import normalize_answer
 from perturbprobe.data.schema import example_from_row
-from perturbprobe.data.self_consistency import (
+from perturbprobe.decoding.self_consistency import (
     SelfConsistency,
     answer_agreement,
     answer_key,

@@ -23,12 +23,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tiny_models import make_tiny_llm, save_llm
 
-from perturbprobe.data import collect, load_dataset
+from perturbprobe.bundles import Scorer
+from perturbprobe.data import load_dataset
+from perturbprobe.decoding import collect
 from perturbprobe.errors import PerturbprobeWarning
 from perturbprobe.features import extract
-from perturbprobe.probes import Scorer, fit_bundle
 from perturbprobe.serve import ServeSettings, create_app
 from perturbprobe.serve.batcher import MicroBatcher, QueueFull, ShuttingDown
+from perturbprobe.training import fit_bundle
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

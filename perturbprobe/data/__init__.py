@@ -1,34 +1,32 @@
-"""Datasets, built-in datasets, generation, graders and records."""
+"""Datasets, built-in datasets, graders, records and question splits: what is stored and
+graded, never a model run (answering a dataset is :func:`perturbprobe.decoding.collect`)."""
 
+from .._deprecated import moved_names
 from .builtin import builtin_names
-from .collect import COLLECT_SOURCES, accuracy_table, collect
-from .generation import generate_responses
 from .graders import GRADERS, normalize_answer, register_grader
 from .loaders import FORMATS, Dataset, load_dataset
 from .multiple_choice import to_multiple_choice
-from .records import Record, pair_record, read_records, write_records
+from .records import Record, accuracy_table, pair_record, read_records, write_records
 from .schema import Example
-from .self_consistency import SelfConsistency, self_consistency, self_consistency_confidence
+from .splits import QuestionSplit, split_by_question
 
 __all__ = [
-    "COLLECT_SOURCES",
     "FORMATS",
     "GRADERS",
     "Dataset",
     "Example",
+    "QuestionSplit",
     "Record",
-    "SelfConsistency",
     "accuracy_table",
     "builtin_names",
-    "collect",
-    "generate_responses",
     "load_dataset",
     "normalize_answer",
     "pair_record",
     "read_records",
     "register_grader",
-    "self_consistency",
-    "self_consistency_confidence",
+    "split_by_question",
     "to_multiple_choice",
     "write_records",
 ]
+
+__getattr__ = moved_names(__name__)  # names moved in 0.2, with a DeprecationWarning

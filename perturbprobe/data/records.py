@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from .._io import write_jsonl
 from ..errors import DatasetError, PairEncodingError
 from ..llm.pairs import validate_messages
 from .schema import ANSWER_FORMATS
 
-__all__ = ["SOURCES", "Record", "pair_record", "read_records", "write_records"]
+__all__ = ["SOURCES", "Record", "accuracy_table", "pair_record", "read_records", "write_records"]
 
 SOURCES = ("generated", "gold", "wrong")
 
@@ -173,3 +175,23 @@ def pair_record(index: int, pair: Mapping[str, Any]) -> Record:
         label=None,
         source="generated",
     )
+
+
+def accuracy_table(records: Sequence[Record], by: str = "category") -> pd.DataFrame:
+    """Accuracy per ``by`` (``category``, ``domain`` or ``format``) plus an ``overall`` row:
+    columns ``by``, n, correct, accuracy."""
+    if by not in ("category", "domain", "format"):
+        raise DatasetError(f"accuracy_table groups by category, domain or format, not {by!r}")
+    labelled = [r for r in records if r.label is not None]
+    if not labelled:
+        raise DatasetError("no labelled records to summarise")
+    frame = pd.DataFrame(
+        {
+            by: [getattr(r, by) or "(none)" for r in labelled],
+            "label": [r.label for r in labelled],
+        }
+    )
+    table = frame.groupby(by, sort=False)["label"].agg(n="count", correct="sum")
+    table.loc["overall"] = [len(frame), int(frame["label"].sum())]
+    table["accuracy"] = table["correct"] / table["n"]
+    return table.reset_index()

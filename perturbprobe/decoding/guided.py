@@ -25,8 +25,8 @@ from .config import GuardConfig, SamplingConfig
 from .decoder import Branch, Decoded, Fork, decode
 
 if TYPE_CHECKING:
+    from ..bundles.scorer import Scorer
     from ..distributed import ProcessGroup
-    from ..probes.scorer import Scorer
 
 __all__ = ["Alternative", "GuidedAnswer", "Intervention", "generate"]
 

@@ -1,59 +1,36 @@
-"""Probes that turn features into P(correct), the bundle format and the production Scorer.
+"""Probes: estimators that turn an answer's features into P(correct).
 
-- estimators (scikit-learn compatible): :class:`LogisticProbe`, :class:`LogisticCVProbe`
-  (C chosen by grouped cross-validation, for wide hidden-state blocks), :class:`LightGBMProbe`,
-  :class:`CCPSProbe` (contrastive MLP), :class:`CCPSSequenceProbe` (contrastive 1-D CNN),
-  :class:`StackingProbe` (one base probe per feature family, combined on their logits);
-- :func:`fit_bundle`: split by question, (select by grouped CV,) fit, calibrate, evaluate →
-  :class:`ProbeBundle`;
-- :func:`recalibrate`: refit a bundle's calibrator on labelled answers of a new domain;
-- :func:`evaluate_bundles`: probes next to calibrated baselines on labelled features;
-- :func:`family_ablation`: the same probe on each feature family alone and on all;
-- :class:`Scorer`: load a bundle and score (prompt, response) pairs in production.
+Every probe is a scikit-learn binary classifier with one contract (:mod:`.base`):
+:class:`LogisticProbe`, :class:`LogisticCVProbe` (C chosen by grouped cross-validation, for
+wide hidden-state blocks), :class:`LightGBMProbe`, :class:`CCPSProbe` (contrastive MLP),
+:class:`CCPSSequenceProbe` (contrastive 1-D CNN) and :class:`StackingProbe` (one base probe
+per feature family, combined on their logits). :data:`PROBES` is the registry,
+:func:`make_probe` builds one by name, :func:`baseline_scores` gives the fit-free baselines.
+
+Fitting a probe into a calibrated bundle is :mod:`perturbprobe.training`; the saved artefact
+and the production ``Scorer`` are :mod:`perturbprobe.bundles`.
 """
 
-from .ablation import bundle_split, family_ablation
+from .._deprecated import moved_names
 from .base import PROBES, Probe, make_probe
-from .bundle import BUNDLE_FORMAT_VERSION, ProbeBundle, llm_slug
+from .baselines import baseline_scores
 from .ccps import CCPSProbe, CCPSSequenceProbe
-from .evaluation import evaluate_bundles, heldout_rows
-from .fitting import fit_bundle
 from .lightgbm import LightGBMProbe
 from .logistic import LogisticProbe
 from .logistic_cv import LogisticCVProbe
-from .recalibration import MIN_RECALIBRATION_ANSWERS, recalibrate
-from .scorer import Scorer, Scores, score_file
-from .selection import Candidate, Selection, default_candidates, select_probe
-from .splits import QuestionSplit, split_by_question
 from .stacking import StackingProbe
 
 __all__ = [
-    "BUNDLE_FORMAT_VERSION",
-    "MIN_RECALIBRATION_ANSWERS",
     "PROBES",
     "CCPSProbe",
     "CCPSSequenceProbe",
-    "Candidate",
     "LightGBMProbe",
     "LogisticCVProbe",
     "LogisticProbe",
     "Probe",
-    "ProbeBundle",
-    "QuestionSplit",
-    "Scorer",
-    "Scores",
-    "Selection",
     "StackingProbe",
-    "bundle_split",
-    "default_candidates",
-    "evaluate_bundles",
-    "family_ablation",
-    "fit_bundle",
-    "heldout_rows",
-    "llm_slug",
+    "baseline_scores",
     "make_probe",
-    "recalibrate",
-    "score_file",
-    "select_probe",
-    "split_by_question",
 ]
+
+__getattr__ = moved_names(__name__)  # names moved in 0.2, with a DeprecationWarning

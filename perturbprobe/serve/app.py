@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .._version import __version__
-from ..probes import Scorer
+from ..bundles import Scorer
 from .batcher import MicroBatcher, QueueFull, ShuttingDown
 from .metrics import ServiceMetrics
 from .middleware import BodySizeLimit, RequestMetrics, error_body

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..bundles.bundle import ProbeBundle
 from ..calibration.metrics import evaluate_confidence
+from ..data.splits import QuestionSplit
 from ..errors import BundleError
 from ..features import FeatureSet
-from .base import probe_class
-from .bundle import ProbeBundle
+from ..probes.base import probe_class
 from .fitting import fit_bundle
-from .splits import QuestionSplit
 
 __all__ = ["ABLATION_METRICS", "bundle_split", "family_ablation"]
 

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._io import count_values
+from ..bundles.bundle import ProbeBundle
 from ..calibration.domains import has_groups
 from ..calibration.report import Report, build_report
 from ..features import FeatureSet
-from .baselines import baseline_scores
-from .bundle import ProbeBundle
+from ..probes.baselines import baseline_scores
 
-__all__ = ["count_values", "evaluate_bundles", "evaluated_on", "heldout_rows", "probe_label"]
+__all__ = ["evaluate_bundles", "evaluated_on", "heldout_rows", "probe_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +139,3 @@ def evaluated_on(y: np.ndarray, sources: np.ndarray, **extra: Any) -> dict[str, 
         "sources": count_values(sources),
         **extra,
     }
-
-
-def count_values(values: np.ndarray) -> dict[str, int]:
-    """``{value: count}`` of a 1-D array, JSON-ready."""
-    names, counts = np.unique(values.astype(str), return_counts=True)
-    return {str(name): int(count) for name, count in zip(names, counts, strict=True)}

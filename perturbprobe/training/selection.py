@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 from ..calibration.calibrators import PlattCalibrator
 from ..calibration.domains import has_groups, within_domain_auroc
 from ..calibration.metrics import brier_score_loss, log_loss, roc_auc_score
+from ..data.splits import domain_folds
 from ..errors import PerturbprobeWarning, ProbeError
 from ..features import FeatureSet
-from .logistic_cv import cv_folds
-from .splits import domain_folds
+from ..probes.logistic_cv import cv_folds
 
 __all__ = ["FOLD_BY", "Candidate", "Selection", "default_candidates", "select_probe"]
 

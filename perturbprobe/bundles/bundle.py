@@ -56,7 +56,7 @@ from ..calibration.risk_control import RiskControlledThreshold
 from ..calibration.shift import ShiftCheck, ShiftReference
 from ..errors import BundleError, PerturbprobeError
 from ..features import ExtractorConfig, FeatureSet
-from .base import Probe, probe_class
+from ..probes.base import Probe, probe_class
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "SHIFT_ALPHA", "SHIFT_FEATURES", "ProbeBundle", "llm_slug"]
 

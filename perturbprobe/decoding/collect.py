@@ -12,19 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from ..data.graders import Grader, grader_name_for, resolve_grader
+from ..data.records import Record
 from ..errors import DatasetError
 from ..llm import LLM
-from .generation import generate_responses
-from .graders import Grader, grader_name_for, resolve_grader
-from .records import Record
+from .responses import generate_responses
 
 if TYPE_CHECKING:
     from ..distributed import ProcessGroup
-from .schema import Example
+from ..data.schema import Example
 
-__all__ = ["COLLECT_SOURCES", "accuracy_table", "collect"]
+__all__ = ["COLLECT_SOURCES", "collect"]
 
 COLLECT_SOURCES = ("generate", "gold")
 
@@ -120,23 +118,3 @@ def _gold_records(example: Example) -> list[Record]:
         for k, answer in enumerate(example.wrong_answers, start=1)
     ]
     return [gold, *wrong]
-
-
-def accuracy_table(records: Sequence[Record], by: str = "category") -> pd.DataFrame:
-    """Accuracy per ``by`` (``category``, ``domain`` or ``format``) plus an ``overall`` row:
-    columns ``by``, n, correct, accuracy."""
-    if by not in ("category", "domain", "format"):
-        raise DatasetError(f"accuracy_table groups by category, domain or format, not {by!r}")
-    labelled = [r for r in records if r.label is not None]
-    if not labelled:
-        raise DatasetError("no labelled records to summarise")
-    frame = pd.DataFrame(
-        {
-            by: [getattr(r, by) or "(none)" for r in labelled],
-            "label": [r.label for r in labelled],
-        }
-    )
-    table = frame.groupby(by, sort=False)["label"].agg(n="count", correct="sum")
-    table.loc["overall"] = [len(frame), int(frame["label"].sum())]
-    table["accuracy"] = table["correct"] / table["n"]
-    return table.reset_index()

@@ -34,19 +34,20 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from .._io import count_values
+from ..bundles.bundle import ProbeBundle
 from ..calibration.calibrators import make_calibrator
 from ..calibration.domains import has_groups
 from ..calibration.report import build_report
 from ..calibration.risk_control import risk_controlled_threshold, threshold_candidates
 from ..calibration.shift import MIN_BATCH, ShiftReference
+from ..data.splits import MIN_DOMAINS, QuestionSplit, holdout_split
 from ..errors import ProbeError
 from ..features import FeatureSet
-from .base import Probe, make_probe, probe_class
-from .baselines import baseline_scores
-from .bundle import ProbeBundle
-from .evaluation import count_values, evaluate_bundles, evaluated_on, probe_label
+from ..probes.base import Probe, make_probe, probe_class
+from ..probes.baselines import baseline_scores
+from .evaluation import evaluate_bundles, evaluated_on, probe_label
 from .selection import Candidate, Selection, cross_fitted_platt, default_candidates, select_probe
-from .splits import MIN_DOMAINS, QuestionSplit, holdout_split
 
 __all__ = ["MIN_PER_CLASS", "SELECT_BY", "TEACHER_FORCED_WEIGHT", "fit_bundle"]
 

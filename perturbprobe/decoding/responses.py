@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..llm import LLM
+from .guided import generate
 
 if TYPE_CHECKING:
     from ..distributed import ProcessGroup
@@ -57,8 +58,6 @@ def generate_responses(
         The decoded answers, stripped, without special tokens; with n > 1 a list of n
         answers per prompt.
     """
-    from ..decoding import generate
-
     answers = generate(
         llm,
         list(prompts),

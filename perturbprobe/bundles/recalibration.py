@@ -51,13 +51,16 @@ the ``perturbprobe.probes.recalibration`` logger (stderr in the CLI) says so.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import logging
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._io import count_values
 from ..calibration.calibrators import (
     SLOPE_PRIOR_SD,
     Calibrator,
@@ -71,12 +74,13 @@ from ..calibration.calibrators import (
 from ..calibration.metrics import roc_auc_score
 from ..calibration.risk_control import risk_controlled_threshold, threshold_candidates
 from ..calibration.shift import ShiftReference
+from ..data.splits import split_by_question
 from ..errors import ProbeError
 from ..features import FeatureSet
-from .baselines import baseline_scores
-from .bundle import ProbeBundle
-from .evaluation import count_values
-from .splits import split_by_question
+from ..probes.baselines import baseline_scores
+
+if TYPE_CHECKING:
+    from .bundle import ProbeBundle
 
 __all__ = [
     "AUROC_BOOTSTRAP",
@@ -238,8 +242,8 @@ def recalibrate(
         auroc_high,
         method,
     )
-    return ProbeBundle(
-        probe=bundle.probe,
+    return dataclasses.replace(
+        bundle,
         calibrator=new_calibrator,
         manifest=manifest,
         baseline_calibrators=baselines,

@@ -53,13 +53,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DatasetError, GenerationError
-from ..llm import LLM
-from .graders import (
+from ..data.graders import (
     GRADERS,
     grade_choice,
     grader_name_for,
@@ -67,11 +64,11 @@ from .graders import (
     parse_numbers,
     truefalse_verdict,
 )
-from .records import Record
-from .schema import Example, choice_letters
-
-if TYPE_CHECKING:
-    from ..decoding import GuidedAnswer
+from ..data.records import Record
+from ..data.schema import Example, choice_letters
+from ..errors import DatasetError, GenerationError
+from ..llm import LLM
+from .guided import GuidedAnswer, generate
 
 __all__ = [
     "SelfConsistency",
@@ -272,8 +269,6 @@ def self_consistency(
     GenerationError
         Bad settings, or greedy answers not aligned with the examples.
     """
-    from ..decoding import generate
-
     examples = list(examples)
     if not (isinstance(n, int) and n >= 1):
         raise GenerationError(f"self-consistency: n must be an integer >= 1, got {n!r}")
