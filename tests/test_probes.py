@@ -34,14 +34,10 @@ from perturbprobe.probes._contrastive import (
     contrastive_loss,
     contrastive_pair_losses,
 )
-from perturbprobe.probes.base import (
-    PROBES,
-    ProbeTypeError,
-    derive_seed,
-    make_probe,
-    validation_split,
-)
+from perturbprobe.probes.base import PROBES, make_probe
 from perturbprobe.probes.ccps import CCPSProbe, CCPSSequenceProbe, MaskedCNNEncoder
+from perturbprobe.probes.early_stopping import validation_split
+from perturbprobe.probes.inputs import ProbeTypeError, derive_seed
 from perturbprobe.probes.lightgbm import LightGBMProbe
 from perturbprobe.probes.logistic import LogisticProbe
 

@@ -23,7 +23,8 @@ import perturbprobe.probes.logistic_cv as logistic_cv_module
 import perturbprobe.probes.stacking as stacking_module
 from perturbprobe.errors import PerturbprobeWarning, ProbeError
 from perturbprobe.probes import LogisticCVProbe, StackingProbe
-from perturbprobe.probes.base import PROBES, derive_seed, make_probe
+from perturbprobe.probes.base import PROBES, make_probe
+from perturbprobe.probes.inputs import derive_seed
 from perturbprobe.probes.logistic_cv import DEFAULT_CS, cv_folds
 from perturbprobe.probes.stacking import column_groups_from_names, default_base_probe
 
@@ -327,7 +328,12 @@ BASE_PARAMS = (("hidden_states", SMALL_CS), ("baseline", FAST_LGBM), ("noise", F
 
 
 def stacking(**params) -> StackingProbe:
-    settings = {"column_groups": GROUPS3, "base_params": BASE_PARAMS, "n_folds": 3}
+    settings = {
+        "column_groups": GROUPS3,
+        "base_params": BASE_PARAMS,
+        "wide_groups": ("hidden_states",),
+        "n_folds": 3,
+    }
     return StackingProbe(**{**settings, **params})
 
 
@@ -338,7 +344,8 @@ def stacked():
 
 
 def test_default_base_probe_rule_and_groups_from_names():
-    assert default_base_probe("hidden_states", 8) == "logistic-cv"
+    assert default_base_probe("hidden_states", 8, wide_groups=("hidden_states",)) == "logistic-cv"
+    assert default_base_probe("hidden_states", 8) == "lightgbm"  # no name is special
     assert default_base_probe("ccps", 65) == "logistic-cv"
     assert default_base_probe("baseline", 64) == "lightgbm"
     names = ["hidden_states/h0", "hidden_states/h1", "baseline/a", "ccps/x", "ccps/y"]
@@ -446,6 +453,8 @@ def test_stacking_refuses_bad_column_groups_and_base_probes():
         ({"base_params": (("noise", {"alpha": 1}),)}, "unknown parameters for probe 'lightgbm'"),
         ({"n_folds": 1}, "'n_folds' parameter of StackingProbe must be an int >= 2"),
         ({"meta_C": 0}, "'meta_C' parameter"),
+        ({"wide_groups": ("nope",)}, "wide_groups names column group(s) 'nope'"),
+        ({"wide_groups": "hidden_states"}, "'wide_groups' parameter"),
     ]
     for params, message in cases:
         with pytest.raises(ProbeError, match=re.escape(message)):
@@ -512,7 +521,13 @@ def test_stacking_refuses_corrupt_sub_state_and_mismatched_params(stacked, tmp_p
 
 
 def test_stacking_clone_default_groups_and_registry():
-    probe = make_probe("stacking", column_groups=GROUPS3, base_params=BASE_PARAMS, meta_C=2.0)
+    probe = make_probe(
+        "stacking",
+        column_groups=GROUPS3,
+        base_params=BASE_PARAMS,
+        wide_groups=("hidden_states",),
+        meta_C=2.0,
+    )
     assert isinstance(probe, StackingProbe) and PROBES["stacking"] is StackingProbe
     twin = clone(probe)
     assert twin is not probe and twin.get_params() == probe.get_params()

@@ -243,6 +243,9 @@ def test_stacking_bundle_saves_sub_probe_files(featureset, tmp_path):
     )
     groups = [list(g) for g in stacked.probe.column_groups]
     assert groups == [["baseline", 3], ["ccps", 3], ["hidden_states", 24]]
+    # the wide block is known from the FeatureSet's block layout, not from its name
+    assert stacked.probe.wide_groups == tuple(featureset.block_layouts) == ("hidden_states",)
+    assert type(stacked.probe.base_probes_[2]).__name__ == "LogisticCVProbe"
     path = stacked.save(tmp_path / "stacked")
     nested = [name for name in stacked.manifest["files"] if "/" in name]
     assert nested and all((path / name).is_file() for name in nested)

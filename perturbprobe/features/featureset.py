@@ -117,18 +117,25 @@ class FeatureSet:
                 f"the features have no {', '.join(unknown)} family; "
                 f"available: {', '.join(self.families)}"
             )
-        columns, groups = [], []
-        for family in self.families:
-            mine = [name for name in self.schema if name.split("/", 1)[0] == family]
-            if family in wanted and mine:
-                columns += mine
-                groups.append((family, len(mine)))
+        columns = [name for name in self.schema if name.split("/", 1)[0] in wanted]
         blocks = [family for family in self.block_layouts if family in wanted]
-        groups += [(family, int(self.blocks[family].shape[1])) for family in blocks]
+        groups = self.column_groups(columns, blocks)
         if not groups:
             raise ExtractionError(f"the families {', '.join(wanted)} have no columns")
         table = self.probe_table(columns, blocks)
         return np.asarray(table, dtype=np.float32), groups
+
+    def column_groups(
+        self, columns: Sequence[str], blocks: Sequence[str] = ()
+    ) -> list[tuple[str, int]]:
+        """``(family, width)`` of the consecutive columns of ``probe_table(columns, blocks)``,
+        in its order: the columns' families (``family/feature`` names), then each block."""
+        groups: dict[str, int] = {}
+        for name in columns:
+            family = name.split("/", 1)[0]
+            groups[family] = groups.get(family, 0) + 1
+        groups.update({name: int(self.block_layouts[name]["columns"]) for name in blocks})
+        return list(groups.items())
 
     def probe_table(self, columns: Sequence[str], blocks: Sequence[str] = ()):
         """What a table probe reads: the DataFrame ``features[columns]`` (n, F) when there are

@@ -51,7 +51,9 @@ from torch import nn
 
 from ..errors import ProbeError
 from ._scaling import standardisation_scale
-from .base import Probe, check_parameter, derive_seed, is_int, validation_split
+from .base import Probe
+from .early_stopping import validation_split
+from .inputs import check_parameter, derive_seed, is_int
 
 __all__ = [
     "ACTIVATIONS",

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ._contrastive import ACTIVATIONS, WIDTHS, ContrastiveProbe, mlp, widths
-from .base import is_int
+from .inputs import is_int
 
 __all__ = ["CCPSProbe", "CCPSSequenceProbe", "MaskedCNNEncoder"]
 

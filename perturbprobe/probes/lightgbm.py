@@ -32,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from ._scaling import noise_constant
-from .base import Probe, check_parameter, derive_seed, is_int, validation_split
+from .base import Probe
+from .early_stopping import validation_split
+from .inputs import check_parameter, derive_seed, is_int
 
 __all__ = ["LightGBMProbe"]
 

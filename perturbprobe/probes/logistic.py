@@ -31,7 +31,8 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import ProbeError
 from ._scaling import standardisation_scale
-from .base import Probe, check_shapes, read_arrays, read_json, write_arrays
+from .base import Probe
+from .state import check_shapes, read_arrays, read_json, write_arrays
 
 __all__ = ["LogisticProbe"]
 

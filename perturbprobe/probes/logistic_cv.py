@@ -54,16 +54,9 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import PerturbprobeWarning, ProbeError
 from ._scaling import standardisation_scale
-from .base import (
-    Probe,
-    check_parameter,
-    check_shapes,
-    derive_seed,
-    is_int,
-    read_arrays,
-    read_json,
-    write_arrays,
-)
+from .base import Probe
+from .inputs import check_parameter, derive_seed, is_int
+from .state import check_shapes, read_arrays, read_json, write_arrays
 
 __all__ = ["DEFAULT_CS", "LogisticCVProbe", "cv_folds"]
 

@@ -7,8 +7,10 @@ how much to trust each:
 
 1. X's columns are cut into consecutive groups (``column_groups``, e.g.
    ``(("hidden_states", 2880), ("baseline", 34), ("ccps", 456))``);
-2. every group gets a base probe — by default ``logistic-cv`` for a group with more than 64
-   columns or named ``hidden_states``, ``lightgbm`` otherwise (``base_probes`` overrides);
+2. every group gets a base probe — by default ``logistic-cv`` for a wide group (more than 64
+   columns, or named in ``wide_groups``: the FeatureSet's wide blocks when
+   :func:`~perturbprobe.training.fit_bundle` builds it), ``lightgbm`` otherwise
+   (``base_probes`` overrides);
 3. out-of-fold predictions of each base probe by K-fold cross-validation
    (:func:`~perturbprobe.probes.logistic_cv.cv_folds`: grouped by question when ``groups`` is
    given, the same folds for every group); a ``logistic-cv`` base chooses its C once, on all
@@ -44,16 +46,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from ..errors import ProbeError
-from .base import (
-    Probe,
-    check_parameter,
-    derive_seed,
-    is_int,
-    make_probe,
-    probe_class,
-    read_json,
-)
+from .base import Probe, make_probe, probe_class
+from .inputs import check_parameter, derive_seed, is_int
 from .logistic_cv import cv_folds
+from .state import read_json
 
 __all__ = [
     "WIDE_GROUP_COLUMNS",
@@ -71,11 +67,11 @@ _CLIP = 1e-6
 _IMPUTED = r".*imputed with the training medians"  # already said once by the stacking fit
 
 
-def default_base_probe(group_name: str, n_columns: int) -> str:
+def default_base_probe(group_name: str, n_columns: int, wide_groups: Sequence[str] = ()) -> str:
     """The base probe a column group gets unless ``base_probes`` names one: ``logistic-cv``
-    for a wide group (more than :data:`WIDE_GROUP_COLUMNS` columns, or named
-    ``hidden_states``), ``lightgbm`` otherwise."""
-    if n_columns > WIDE_GROUP_COLUMNS or group_name == "hidden_states":
+    for a wide group (more than :data:`WIDE_GROUP_COLUMNS` columns, or one of
+    ``wide_groups``), ``lightgbm`` otherwise."""
+    if n_columns > WIDE_GROUP_COLUMNS or group_name in wide_groups:
         return "logistic-cv"
     return "lightgbm"
 
@@ -153,8 +149,12 @@ class StackingProbe(Probe):
     base_probes : sequence of (str, str) pairs, or None, default=None
         ``(group name, probe name)`` overrides of the default rule
         (:func:`default_base_probe`: ``logistic-cv`` for a group of more than 64 columns or
-        named ``hidden_states``, ``lightgbm`` otherwise); any registered table probe but
+        named in ``wide_groups``, ``lightgbm`` otherwise); any registered table probe but
         ``stacking``.
+    wide_groups : sequence of str, or None, default=None
+        Column groups that are wide blocks of one kind (e.g. a FeatureSet's
+        ``block_layouts``, such as ``hidden_states``), given ``logistic-cv`` by default
+        whatever their width.
     base_params : sequence of (str, dict) pairs, or None, default=None
         ``(group name, constructor parameters)`` of a group's base probe, JSON values (e.g.
         ``(("baseline", {"n_estimators": 100}),)``); the others get their defaults. Every base
@@ -215,6 +215,7 @@ class StackingProbe(Probe):
         column_groups=None,
         base_probes=None,
         base_params=None,
+        wide_groups=None,
         n_folds=5,
         meta_C=1.0,
         random_state=0,
@@ -223,6 +224,7 @@ class StackingProbe(Probe):
         self.column_groups = column_groups
         self.base_probes = base_probes
         self.base_params = base_params
+        self.wide_groups = wide_groups
         self.n_folds = n_folds
         self.meta_C = meta_C
         self.random_state = random_state
@@ -251,6 +253,15 @@ class StackingProbe(Probe):
             lambda v: v is None or _pairs(v, lambda p: isinstance(p, dict)),
             "None or a non-empty sequence of (group name, parameter dict) pairs",
         )
+        check_parameter(
+            self,
+            "wide_groups",
+            lambda v: (
+                v is None
+                or (not isinstance(v, (str, bytes)) and all(isinstance(n, str) for n in v))
+            ),
+            "None or a sequence of column group names",
+        )
         groups = (("features", n_features),) if self.column_groups is None else self.column_groups
         names = [name for name, _ in groups]
         total = sum(int(n) for _, n in groups)
@@ -262,7 +273,12 @@ class StackingProbe(Probe):
             )
         chosen = dict(self.base_probes or ())
         params = dict(self.base_params or ())
-        for what, mapping in (("base_probes", chosen), ("base_params", params)):
+        wide = dict.fromkeys(self.wide_groups or ())
+        for what, mapping in (
+            ("base_probes", chosen),
+            ("base_params", params),
+            ("wide_groups", wide),
+        ):
             unknown = sorted(set(mapping) - set(names))
             if unknown:
                 raise ProbeError(
@@ -271,7 +287,7 @@ class StackingProbe(Probe):
                 )
         plan, start = [], 0
         for name, n in groups:
-            probe = chosen.get(name, default_base_probe(name, int(n)))
+            probe = chosen.get(name, default_base_probe(name, int(n), self.wide_groups or ()))
             cls = probe_class(probe)
             if cls.input_kind != "table" or probe == self.name:
                 raise ProbeError(

@@ -348,18 +348,9 @@ def _build(featureset: FeatureSet, probe, families, probe_params, random_state):
         return clone(probe), inputs, schema, token_schema, blocks
     params = {"random_state": random_state, **(probe_params or {})}
     if probe == "stacking":  # its groups are the chosen families' columns, whatever was given
-        params["column_groups"] = _column_groups(featureset, schema, blocks)
+        params["column_groups"] = tuple(featureset.column_groups(schema, blocks))
+        params["wide_groups"] = tuple(blocks)
     return make_probe(probe, **params), inputs, schema, token_schema, blocks
-
-
-def _column_groups(featureset: FeatureSet, schema, blocks) -> tuple[tuple[str, int], ...]:
-    """(family, width) of consecutive columns of the probe table, in its order."""
-    groups: dict[str, int] = {}
-    for name in schema:
-        family = name.split("/", 1)[0]
-        groups[family] = groups.get(family, 0) + 1
-    groups.update({name: int(featureset.block_layouts[name]["columns"]) for name in blocks})
-    return tuple(groups.items())
 
 
 def _training_rows(featureset: FeatureSet, rows: np.ndarray, weight: float):
