@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from synthetic_features import SCHEMA, TOKEN_SCHEMA, synthetic_featureset
 
 from perturbprobe.bundles import BUNDLE_FORMAT_VERSION, ProbeBundle, llm_slug
-from perturbprobe.bundles.bundle import _manifest_hash
+from perturbprobe.bundles.verification import manifest_hash
 from perturbprobe.calibration.metrics import roc_auc_score
 from perturbprobe.cli import cli
 from perturbprobe.data import split_by_question
@@ -150,7 +150,7 @@ def test_bundle_files_and_manifest(saved, featureset):
     }
     assert {"auroc", "ece", "brier"} <= set(metrics["probe: lightgbm + isotonic"])
     assert manifest["abstention"]["target_risk"] == 0.3
-    assert manifest["manifest_sha256"] == _manifest_hash(manifest)
+    assert manifest["manifest_sha256"] == manifest_hash(manifest)
 
 
 def test_heldout_parts_are_generated_answers_and_training_uses_all(lgbm_bundle, featureset):
@@ -277,7 +277,7 @@ def test_other_format_version_is_refused(saved):
     path = saved / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["format_version"] = BUNDLE_FORMAT_VERSION + 1
-    manifest["manifest_sha256"] = _manifest_hash(manifest)
+    manifest["manifest_sha256"] = manifest_hash(manifest)
     path.write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=rf"format version {BUNDLE_FORMAT_VERSION + 1}.*upgrade"):
         ProbeBundle.load(saved)
@@ -302,7 +302,7 @@ def _rehash(path):
         for f in sorted(path.rglob("*"))
         if f.is_file() and f.name != "manifest.json"
     }
-    manifest["manifest_sha256"] = _manifest_hash(manifest)
+    manifest["manifest_sha256"] = manifest_hash(manifest)
     (path / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
@@ -331,7 +331,7 @@ def test_a_crafted_pickle_bundle_is_refused_and_its_code_never_runs(
     manifest = _rehash(path)
     if version == 1:
         manifest["format_version"] = 1
-        manifest["manifest_sha256"] = _manifest_hash(manifest)
+        manifest["manifest_sha256"] = manifest_hash(manifest)
         (path / "manifest.json").write_text(json.dumps(manifest))
     message = "version 1 may hold a pickle" if version == 1 else "logistic"
     with pytest.raises(BundleError, match=message):
@@ -367,7 +367,7 @@ def test_a_bundle_must_hold_exactly_the_listed_regular_files(saved, tamper, reha
 def test_unsafe_listed_names_are_refused(saved, name):
     manifest = json.loads((saved / "manifest.json").read_text())
     manifest["files"][name] = "0" * 64
-    manifest["manifest_sha256"] = _manifest_hash(manifest)
+    manifest["manifest_sha256"] = manifest_hash(manifest)
     (saved / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="unsafe file name"):
         ProbeBundle.load(saved)

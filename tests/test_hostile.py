@@ -39,7 +39,7 @@ from tiny_models import make_tiny_llm, save_llm
 import perturbprobe.calibration.report as report_module
 from perturbprobe._io import atomic_directory
 from perturbprobe.bundles import BUNDLE_FORMAT_VERSION, ProbeBundle
-from perturbprobe.bundles.bundle import _manifest_hash
+from perturbprobe.bundles.verification import manifest_hash
 from perturbprobe.cli import cli
 from perturbprobe.data import load_dataset, read_records, write_records
 from perturbprobe.decoding import collect
@@ -484,7 +484,7 @@ def test_bundle_from_a_future_format_version_is_refused(tmp_path, bundle_dir, fe
     shutil.copytree(bundle_dir, future)
     manifest = json.loads((future / "manifest.json").read_text())
     manifest["format_version"] = BUNDLE_FORMAT_VERSION + 1
-    manifest["manifest_sha256"] = _manifest_hash(manifest)
+    manifest["manifest_sha256"] = manifest_hash(manifest)
     (future / "manifest.json").write_text(json.dumps(manifest))
     message = (
         f"bundle format version {BUNDLE_FORMAT_VERSION + 1}, this perturbprobe reads "

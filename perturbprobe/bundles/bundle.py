@@ -21,23 +21,18 @@ A bundle directory holds
 - ``report.html``, ``metrics.json``, ``reliability.png``: the held-out evaluation.
 
 :meth:`ProbeBundle.load` checks the format version, the manifest's own hash and every file's
-hash, so a corrupt or hand-edited bundle is refused. Bundles are written to a temporary
+hash (:func:`~perturbprobe.bundles.verification.verified_manifest`), so a corrupt or
+hand-edited bundle is refused. Bundles are written to a temporary
 sibling directory and renamed, so an interrupted save never leaves a directory that looks
 complete.
 
-Loading a bundle never runs code from it. Nothing is unpickled (safetensors, ``.npy`` without
-pickle, JSON and LightGBM's text format only), and the directory must hold exactly the files
-its manifest lists: an extra file, a symbolic link, a special file or a listed name that is
-not a plain relative path (``..``, a leading ``/``, a backslash, a hidden component) is
-refused before any file is read. The hashes catch corruption and edits; these rules keep a
-malicious author's bundle inert too. Version-1 bundles (whose logistic probe was a pickle)
-are refused with a message saying how to refit.
+Loading never runs code from the bundle: nothing is unpickled, and :mod:`.verification`
+refuses any directory that is not exactly its manifest's files, unmodified.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -57,13 +52,10 @@ from ..calibration.shift import ShiftCheck, ShiftReference
 from ..errors import BundleError, PerturbprobeError
 from ..features import ExtractorConfig, FeatureSet
 from ..probes.base import Probe, probe_class
+from .verification import BUNDLE_FORMAT_VERSION, seal_manifest, verified_manifest
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "SHIFT_ALPHA", "SHIFT_FEATURES", "ProbeBundle", "llm_slug"]
 
-# Bump when a reader of the previous version would misread a bundle (renamed files or keys,
-# changed meaning). New optional manifest keys do not need a bump.
-BUNDLE_FORMAT_VERSION = 2  # 2: no pickle (logistic.joblib → safetensors + JSON), strict listing
-_MANIFEST = "manifest.json"
 _CALIBRATORS = "calibrators.json"
 _SPLIT = "split.json"
 _SHIFT = "shift.json"
@@ -280,19 +272,11 @@ class ProbeBundle:
                 self.report.write(staging)
             manifest = {
                 **self.manifest,
-                "format_version": BUNDLE_FORMAT_VERSION,
                 "perturbprobe_version": __version__,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "abstention": None if self.abstention is None else self.abstention.to_dict(),
-                "files": {
-                    file.relative_to(staging).as_posix(): _sha256(file)
-                    for file in sorted(staging.rglob("*"))
-                    if file.is_file() and file != staging / _MANIFEST
-                },
             }
-            manifest.pop("manifest_sha256", None)
-            manifest["manifest_sha256"] = _manifest_hash(manifest)
-            _write_json(staging / _MANIFEST, manifest)
+            manifest = seal_manifest(staging, manifest)
         self.manifest = manifest
         return path
 
@@ -300,36 +284,7 @@ class ProbeBundle:
     def load(cls, path: str | os.PathLike) -> ProbeBundle:
         """Read and verify a bundle directory (version, hashes); the report is not loaded."""
         path = Path(path)
-        manifest_path = path / _MANIFEST
-        if not manifest_path.is_file():
-            raise BundleError(
-                f"{path} is not a probe bundle (no {_MANIFEST}); create one with `perturbprobe fit`"
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BundleError(
-                f"{manifest_path} is unreadable ({exc}); the bundle is corrupt"
-            ) from exc
-        version = manifest.get("format_version") if isinstance(manifest, dict) else None
-        if version != BUNDLE_FORMAT_VERSION:
-            raise BundleError(f"{path}: {_version_advice(version)}")
-        if manifest.get("manifest_sha256") != _manifest_hash(manifest):
-            raise BundleError(
-                f"{manifest_path} was edited after the bundle was saved (its hash does not match); "
-                "re-create the bundle with `perturbprobe fit`"
-            )
-        files = manifest.get("files")
-        if not isinstance(files, dict):
-            raise BundleError(f"{path}: the manifest lists no files; the bundle is corrupt")
-        _check_listing(path, files)
-        for name, digest in files.items():
-            file = path / name
-            if _sha256(file) != digest:
-                raise BundleError(
-                    f"{path}: bundle file {name} is corrupt or was modified (sha256 mismatch); "
-                    "re-create the bundle with `perturbprobe fit`"
-                )
+        manifest = verified_manifest(path)
         try:
             probe = probe_class(manifest["probe"]["name"]).load_state(
                 path, manifest["probe"]["params"]
@@ -382,87 +337,6 @@ def _check_accuracy(value: float) -> None:
         ok = False
     if not ok:
         raise BundleError(f"target accuracy must be in (0, 1), got {value!r}")
-
-
-def _version_advice(version: Any) -> str:
-    """Why a bundle of format ``version`` cannot be read, and what to do."""
-    if version == 1:
-        return (
-            "bundle format version 1 may hold a pickle (logistic.joblib), which this "
-            "perturbprobe never loads (it could run code); fit the probe again: "
-            "`perturbprobe fit --features FEATURES_DIR --out BUNDLE_DIR`"
-        )
-    if isinstance(version, int) and version > BUNDLE_FORMAT_VERSION:
-        return (
-            f"bundle format version {version}, this perturbprobe reads "
-            f"{BUNDLE_FORMAT_VERSION}; upgrade perturbprobe"
-        )
-    return (
-        f"bundle format version {version!r}, this perturbprobe reads "
-        f"{BUNDLE_FORMAT_VERSION}; fit the probe again with this version"
-    )
-
-
-_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-def _check_listing(path: Path, files: dict[str, Any]) -> None:
-    """Refuse a bundle directory that is not exactly the manifest plus the files it lists.
-
-    Listed names must be relative POSIX paths of safe components (letters, digits, ``_ . -``,
-    not starting with a dot); every entry of the directory tree must be a regular file that
-    is listed, or a real directory holding listed files. Nothing is followed through a
-    symbolic link.
-    """
-    listed = set()
-    for name in files:
-        parts = name.split("/") if isinstance(name, str) else [""]
-        if not all(_SAFE_COMPONENT.fullmatch(part) for part in parts):
-            raise BundleError(
-                f"{path}: the manifest lists an unsafe file name {name!r} (only plain relative "
-                "paths inside the bundle are allowed); the bundle is corrupt or malicious"
-            )
-        listed.add(name)
-    parents = {
-        "/".join(name.split("/")[:i]) for name in listed for i in range(1, name.count("/") + 1)
-    }
-    found = set()
-    for root, directories, names in os.walk(path):
-        here = Path(root).relative_to(path)
-        for entry in directories + names:
-            relative = (here / entry).as_posix()
-            full = Path(root) / entry
-            if full.is_symlink():
-                raise BundleError(
-                    f"{path}: {relative} is a symbolic link; bundles hold regular files only"
-                )
-            if entry in directories:
-                if relative not in parents:
-                    raise BundleError(f"{path}: unexpected directory {relative} in the bundle")
-            elif relative != _MANIFEST:
-                if relative not in listed or not full.is_file():
-                    raise BundleError(
-                        f"{path}: {relative} is not listed in the manifest; a bundle holds "
-                        "exactly the files its manifest lists (re-create it with "
-                        "`perturbprobe fit`)"
-                    )
-                found.add(relative)
-    missing = sorted(listed - found)
-    if missing:
-        raise BundleError(f"{path}: bundle file {missing[0]} is missing; the bundle is corrupt")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _manifest_hash(manifest: dict[str, Any]) -> str:
-    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _write_json(path: Path, value: Any) -> None:
