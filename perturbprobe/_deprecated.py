@@ -48,43 +48,20 @@ MOVED_MODULES: dict[str, str] = {
 MOVED_NAMES: dict[str, dict[str, str]] = {
     "perturbprobe.probes": {
         **dict.fromkeys(
-            (
-                "BUNDLE_FORMAT_VERSION",
-                "MIN_RECALIBRATION_ANSWERS",
-                "ProbeBundle",
-                "Scorer",
-                "Scores",
-                "llm_slug",
-                "recalibrate",
-                "score_file",
-            ),
+            "BUNDLE_FORMAT_VERSION MIN_RECALIBRATION_ANSWERS ProbeBundle Scorer Scores llm_slug "
+            "recalibrate score_file".split(),
             "perturbprobe.bundles",
         ),
         **dict.fromkeys(
-            (
-                "Candidate",
-                "Selection",
-                "bundle_split",
-                "default_candidates",
-                "evaluate_bundles",
-                "family_ablation",
-                "fit_bundle",
-                "heldout_rows",
-                "select_probe",
-            ),
+            "Candidate Selection bundle_split default_candidates evaluate_bundles "
+            "family_ablation fit_bundle heldout_rows select_probe".split(),
             "perturbprobe.training",
         ),
-        **dict.fromkeys(("QuestionSplit", "split_by_question"), "perturbprobe.data"),
+        **dict.fromkeys(["QuestionSplit", "split_by_question"], "perturbprobe.data"),
     },
     "perturbprobe.data": dict.fromkeys(
-        (
-            "COLLECT_SOURCES",
-            "SelfConsistency",
-            "collect",
-            "generate_responses",
-            "self_consistency",
-            "self_consistency_confidence",
-        ),
+        "COLLECT_SOURCES SelfConsistency collect generate_responses self_consistency "
+        "self_consistency_confidence".split(),
         "perturbprobe.decoding",
     ),
 }

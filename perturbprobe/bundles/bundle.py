@@ -51,6 +51,7 @@ from ..calibration.risk_control import RiskControlledThreshold
 from ..calibration.shift import ShiftCheck, ShiftReference
 from ..errors import BundleError, PerturbprobeError
 from ..features import ExtractorConfig, FeatureSet
+from ..features.featureset import ManifestSchema
 from ..probes.base import Probe, probe_class
 from .verification import BUNDLE_FORMAT_VERSION, seal_manifest, verified_manifest
 
@@ -69,7 +70,7 @@ SHIFT_ALPHA = 0.001
 
 
 @dataclass
-class ProbeBundle:
+class ProbeBundle(ManifestSchema):
     """A fitted probe, its calibrator and provenance; see the module docstring for the files.
 
     Attributes
@@ -103,17 +104,7 @@ class ProbeBundle:
     split: dict[str, list[str]] = field(default_factory=dict)
     shift_reference: ShiftReference | None = None
 
-    # ---- what the probe reads ---------------------------------------------------------------
-    @property
-    def schema(self) -> list[str]:
-        """Response-level columns a table probe reads, in order (empty for sequence probes)."""
-        return list(self.manifest["schema"])
-
-    @property
-    def token_schema(self) -> list[str]:
-        """Per-token columns a sequence probe reads, in order (empty for table probes)."""
-        return list(self.manifest["token_schema"])
-
+    # ---- what the probe reads (schema, token_schema: ManifestSchema) ------------------------
     @property
     def blocks(self) -> list[str]:
         """Wide blocks (``hidden_states``) a table probe reads after ``schema``, in order."""

@@ -35,7 +35,7 @@ from .._io import atomic_directory
 from .._version import __version__
 from ..errors import ExtractionError
 
-__all__ = ["FORMAT_VERSION", "FeatureSet"]
+__all__ = ["FORMAT_VERSION", "FeatureSet", "ManifestSchema"]
 
 # Bump when a reader of the previous version would misread the files (renamed or removed
 # columns, changed meaning). Adding manifest keys does not need a bump.
@@ -49,8 +49,25 @@ _ID_COLUMNS_BEFORE_4 = _ID_COLUMNS[:4]
 _TOKEN_ID_COLUMNS = ["record_id", "token_index", "token_id", "token"]
 
 
+class ManifestSchema:
+    """The columns named by a ``manifest`` attribute: a FeatureSet's, or what a bundle's probe
+    reads."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def schema(self) -> list[str]:
+        """Ordered response-level column names (empty for a sequence probe's bundle)."""
+        return list(self.manifest["schema"])
+
+    @property
+    def token_schema(self) -> list[str]:
+        """Ordered per-token column names (empty for a table probe's bundle)."""
+        return list(self.manifest["token_schema"])
+
+
 @dataclass
-class FeatureSet:
+class FeatureSet(ManifestSchema):
     """Features of scored records, with labels, per-token values and provenance.
 
     Attributes
@@ -79,16 +96,6 @@ class FeatureSet:
                 )
 
     # ---- views ------------------------------------------------------------------------------
-    @property
-    def schema(self) -> list[str]:
-        """Ordered response-level feature column names (what a probe is fitted on)."""
-        return list(self.manifest["schema"])
-
-    @property
-    def token_schema(self) -> list[str]:
-        """Ordered per-token feature column names."""
-        return list(self.manifest["token_schema"])
-
     @property
     def families(self) -> list[str]:
         """The extracted feature families, in column order."""
