@@ -44,25 +44,17 @@ MOVED_MODULES: dict[str, str] = {
     "perturbprobe.data.self_consistency": "perturbprobe.decoding.self_consistency",
 }
 
-#: package → {old name: the package that now exports it}
-MOVED_NAMES: dict[str, dict[str, str]] = {
-    "perturbprobe.probes": {
-        **dict.fromkeys(
-            "BUNDLE_FORMAT_VERSION MIN_RECALIBRATION_ANSWERS ProbeBundle Scorer Scores llm_slug "
-            "recalibrate score_file".split(),
-            "perturbprobe.bundles",
-        ),
-        **dict.fromkeys(
-            "Candidate Selection bundle_split default_candidates evaluate_bundles "
-            "family_ablation fit_bundle heldout_rows select_probe".split(),
-            "perturbprobe.training",
-        ),
-        **dict.fromkeys(["QuestionSplit", "split_by_question"], "perturbprobe.data"),
-    },
-    "perturbprobe.data": dict.fromkeys(
-        "COLLECT_SOURCES SelfConsistency collect generate_responses self_consistency "
-        "self_consistency_confidence".split(),
-        "perturbprobe.decoding",
+#: old package → the modules its moved names now live in (each name: its module's ``__all__``)
+MOVED_NAMES: dict[str, tuple[str, ...]] = {
+    "perturbprobe.probes": (
+        "perturbprobe.bundles",
+        "perturbprobe.training",
+        "perturbprobe.data.splits",
+    ),
+    "perturbprobe.data": (
+        "perturbprobe.decoding.collect",
+        "perturbprobe.decoding.responses",
+        "perturbprobe.decoding.self_consistency",
     ),
 }
 
@@ -77,15 +69,16 @@ def _warn(old: str, new: str) -> None:
 
 def moved_names(package: str) -> Callable[[str], Any]:
     """The ``__getattr__`` of ``package``: its moved names, resolved with a warning."""
-    moves = MOVED_NAMES[package]
 
     def __getattr__(name: str) -> Any:
-        if name not in moves:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        _warn(f"{package}.{name}", f"{moves[name]}.{name}")
-        value = getattr(importlib.import_module(moves[name]), name)
-        setattr(sys.modules[package], name, value)  # warned once; later uses find it
-        return value
+        for home in MOVED_NAMES[package]:
+            module = importlib.import_module(home)
+            if name in module.__all__:
+                _warn(f"{package}.{name}", f"{home}.{name}")
+                value = getattr(module, name)
+                setattr(sys.modules[package], name, value)  # warned once; later uses find it
+                return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
 

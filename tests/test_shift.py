@@ -13,14 +13,12 @@ import pytest
 from scipy.stats import ks_2samp
 
 from perturbprobe.calibration import ShiftCheck, ShiftReference
-from perturbprobe.calibration.shift import (
-    EXACT_MAX_CELLS,
-    GRID_SIZE,
-    MIN_BATCH,
-    _ks_p_value,
-    _ks_p_value_asymptotic,
-    _ks_p_value_exact,
+from perturbprobe.calibration.kolmogorov_smirnov import ks_p_value as _ks_p_value
+from perturbprobe.calibration.kolmogorov_smirnov import (
+    ks_p_value_asymptotic as _ks_p_value_asymptotic,
 )
+from perturbprobe.calibration.kolmogorov_smirnov import ks_p_value_exact as _ks_p_value_exact
+from perturbprobe.calibration.shift import EXACT_MAX_CELLS, GRID_SIZE, MIN_BATCH
 from perturbprobe.errors import CalibrationError
 
 SCORE, PROB = "probe_score", "baseline/prob:mean"

@@ -36,18 +36,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CalibrationError, PerturbprobeWarning
-from .metrics import (
-    _CHUNK_CELLS,
-    MetricInfo,
-    MetricValue,
-    _auroc,
-    _Batch,
-    _brier,
-    _calibration_error,
-    _check_bootstrap,
-    _check_n_bins,
-    _validate,
+from .metric_cores import (
+    Batch,
+    batch_auroc,
+    batch_brier,
+    batch_calibration_error,
+    percentile_interval,
+    resample_chunks,
 )
+from .metrics import MetricInfo, MetricValue
+from .validation import check_bootstrap, check_labels_and_scores, check_n_bins
 
 __all__ = [
     "DOMAIN_METRICS",
@@ -198,10 +196,8 @@ def _group_aurocs(
         if not 0 < n_pos < size:
             continue
         y_g, p_g = y[rows], p[rows]  # correct answers first
-        values[g] = _auroc(_Batch(y_g[None, :], p_g[None, :]))[0]
-        chunk = max(1, _CHUNK_CELLS // size)
-        for first in range(0, n_bootstrap, chunk):
-            m = min(chunk, n_bootstrap - first)
+        values[g] = batch_auroc(Batch(y_g[None, :], p_g[None, :]))[0]
+        for first, m in resample_chunks(n_bootstrap, size):
             picks = np.concatenate(
                 [
                     rng.integers(0, n_pos, size=(m, n_pos)),
@@ -209,17 +205,8 @@ def _group_aurocs(
                 ],
                 axis=1,
             )  # (m, size): correct answers drawn among the correct, incorrect among the incorrect
-            draws[g, first : first + m] = _auroc(_Batch(y_g[picks], p_g[picks]))
+            draws[g, first : first + m] = batch_auroc(Batch(y_g[picks], p_g[picks]))
     return values, draws
-
-
-def _interval(draws: np.ndarray, confidence_level: float) -> tuple[float, float]:
-    draws = draws[~np.isnan(draws)]
-    if not draws.size:
-        return math.nan, math.nan
-    tail = (1.0 - confidence_level) / 2.0
-    low, high = np.quantile(draws, [tail, 1.0 - tail])
-    return float(low), float(high)
 
 
 def _evaluate_one(
@@ -237,14 +224,14 @@ def _evaluate_one(
     used = groups.two_class
     n_used, n_skipped = int(used.sum()), int((~used).sum())
     if n_used:
-        low, high = _interval(draws[used].mean(axis=0), confidence_level)
+        low, high = percentile_interval(draws[used].mean(axis=0), confidence_level)
         within = WithinDomainAUROC(float(values[used].mean()), low, high, n_used, n_skipped)
     else:
         within = WithinDomainAUROC(math.nan, n_domains=0, n_skipped=n_skipped)
     records = []
     for g, rows in enumerate(groups.rows):
-        batch = _Batch(y[rows][None, :], p[rows][None, :])
-        low, high = _interval(draws[g], confidence_level)
+        batch = Batch(y[rows][None, :], p[rows][None, :])
+        low, high = percentile_interval(draws[g], confidence_level)
         records.append(
             (
                 len(rows),
@@ -253,8 +240,8 @@ def _evaluate_one(
                 float(values[g]),
                 low,
                 high,
-                float(_calibration_error(batch, n_bins, "uniform")[0]),
-                float(_brier(batch)[0]),
+                float(batch_calibration_error(batch, n_bins, "uniform")[0]),
+                float(batch_brier(batch)[0]),
             )
         )
     table = pd.DataFrame.from_records(
@@ -298,11 +285,23 @@ def _warn_groups(groups: _Groups, what: str, metric: str | None, stacklevel: int
 
 def _settings(n_bins: Any, n_bootstrap: Any, confidence_level: Any, random_state: Any) -> tuple:
     return (
-        _check_n_bins(n_bins),
-        _check_bootstrap(n_bootstrap, confidence_level, random_state),
+        check_n_bins(n_bins),
+        check_bootstrap(n_bootstrap, confidence_level, random_state),
         float(confidence_level),
         random_state,
     )
+
+
+def _evaluate_score(
+    y: Any, p: Any, domains: Any, settings: tuple, index_name: str, metric: str | None
+) -> tuple[WithinDomainAUROC, pd.DataFrame]:
+    """Check one score's inputs and ``settings`` (n_bins, n_bootstrap, confidence_level,
+    random_state), warn about its groups (at the public function's caller) and evaluate it."""
+    y_arr, p_arr = check_labels_and_scores(y, p)
+    n_bins, n_bootstrap, level, seed = _settings(*settings)
+    groups = _Groups.of(y_arr, domains, index_name)
+    _warn_groups(groups, index_name, metric, stacklevel=3)
+    return _evaluate_one(y_arr, p_arr, groups, n_bins, n_bootstrap, level, seed, index_name)
 
 
 # ---- public functions -------------------------------------------------------------------------
@@ -352,11 +351,8 @@ def within_domain_auroc(
     >>> r.value, r.n_domains, r.n_skipped
     (1.0, 2, 0)
     """
-    y_arr, p_arr = _validate(y, p)
-    n_bins, n_bootstrap, level, seed = _settings(15, n_bootstrap, confidence_level, random_state)
-    groups = _Groups.of(y_arr, domains)
-    _warn_groups(groups, "domain", "within_domain_auroc", stacklevel=2)
-    within, _ = _evaluate_one(y_arr, p_arr, groups, n_bins, n_bootstrap, level, seed, "domain")
+    settings = (15, n_bootstrap, confidence_level, random_state)
+    within, _ = _evaluate_score(y, p, domains, settings, "domain", "within_domain_auroc")
     return within
 
 
@@ -398,13 +394,8 @@ def per_domain_metrics(
     >>> t["n"].tolist(), t["accuracy"].tolist(), t["auroc"].tolist()[0]
     ([2, 2], [0.5, 1.0], 1.0)
     """
-    y_arr, p_arr = _validate(y, p)
-    n_bins, n_bootstrap, level, seed = _settings(
-        n_bins, n_bootstrap, confidence_level, random_state
-    )
-    groups = _Groups.of(y_arr, domains, index_name)
-    _warn_groups(groups, index_name, None, stacklevel=2)
-    _, table = _evaluate_one(y_arr, p_arr, groups, n_bins, n_bootstrap, level, seed, index_name)
+    settings = (n_bins, n_bootstrap, confidence_level, random_state)
+    _, table = _evaluate_score(y, p, domains, settings, index_name, None)
     return table
 
 
@@ -465,12 +456,12 @@ def evaluate_domains(
     n_bins, n_bootstrap, level, seed = _settings(
         n_bins, n_bootstrap, confidence_level, random_state
     )
-    y_arr, _ = _validate(y, next(iter(scores.values())))
+    y_arr, _ = check_labels_and_scores(y, next(iter(scores.values())))
     groups = _Groups.of(y_arr, domains, index_name)
     _warn_groups(groups, index_name, f"within_{index_name}_auroc", stacklevel=2)
     within, tables = {}, {}
     for name, p in scores.items():
-        y_arr, p_arr = _validate(y, p)
+        y_arr, p_arr = check_labels_and_scores(y, p)
         within[name], tables[name] = _evaluate_one(
             y_arr, p_arr, groups, n_bins, n_bootstrap, level, seed, index_name
         )

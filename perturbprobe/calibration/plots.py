@@ -24,13 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CalibrationError
-from .metrics import (
-    _validate,
-    aurc,
-    expected_calibration_error,
-    reliability_bins,
-    risk_coverage_curve,
-)
+from .metrics import aurc, expected_calibration_error, reliability_bins, risk_coverage_curve
+from .validation import check_labels_and_scores
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,7 +176,7 @@ def plot_confidence_histogram(
     -------
     matplotlib Axes
     """
-    y_arr, p_arr = _validate(y, p)
+    y_arr, p_arr = check_labels_and_scores(y, p)
     ax = _new_axes(ax, (5.0, 3.5))
     edges = np.linspace(0.0, 1.0, bins + 1)
     for value, name, color in ((1, "correct", _CORRECT), (0, "incorrect", _INCORRECT)):

@@ -26,27 +26,14 @@ Probabilities: A Simple Procedure. Neural Computation 14(1):21–41.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from perturbprobe.calibration.calibrators import _check_scores, _sigmoid
-from perturbprobe.errors import CalibrationError
+from .logistic import rate_logit, sigmoid
+from .validation import check_fraction, check_scores
 
 __all__ = ["adjust_to_prior"]
-
-
-def _check_rate(value: Any, name: str) -> float:
-    """A base rate strictly between 0 and 1, as a float; bools and non-numbers refused."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or not 0 < value < 1:
-        raise CalibrationError(f"{name} must be in (0, 1), got {value!r}")
-    return float(value)
-
-
-def _rate_logit(rate: float) -> float:
-    return math.log(rate) - math.log1p(-rate)
 
 
 def adjust_to_prior(confidence: Any, *, source_rate: float, target_rate: float) -> np.ndarray:
@@ -81,14 +68,14 @@ def adjust_to_prior(confidence: Any, *, source_rate: float, target_rate: float) 
     >>> adjust_to_prior([0.5, 0.9, 1.0], source_rate=0.5, target_rate=0.2).round(4)
     array([0.2   , 0.6923, 1.    ])
     """
-    p, _ = _check_scores(confidence, p_name="confidence", allow_empty=True)
-    shift = _rate_logit(_check_rate(target_rate, "target_rate")) - _rate_logit(
-        _check_rate(source_rate, "source_rate")
+    p = check_scores(confidence, name="confidence", allow_empty=True)
+    shift = rate_logit(check_fraction(target_rate, "target_rate")) - rate_logit(
+        check_fraction(source_rate, "source_rate")
     )
     out = p.copy()
     if shift == 0:  # equal rates: exactly the identity (no logit round trip)
         return out
     inner = (p > 0) & (p < 1)
     q = p[inner]
-    out[inner] = _sigmoid(np.log(q) - np.log1p(-q) + shift)
+    out[inner] = sigmoid(np.log(q) - np.log1p(-q) + shift)
     return out

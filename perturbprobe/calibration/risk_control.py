@@ -36,8 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from perturbprobe.calibration.calibrators import _check_keys, _check_scores
-from perturbprobe.errors import CalibrationError, PerturbprobeWarning
+from ..errors import CalibrationError, PerturbprobeWarning
+from .validation import (
+    check_fraction,
+    check_keys,
+    check_labels_and_scores,
+    check_positive_int,
+    check_scores,
+)
 
 __all__ = [
     "RiskControlledThreshold",
@@ -47,19 +53,12 @@ __all__ = [
 ]
 
 
+_LEVEL_MESSAGE = "{name} must be a number strictly between 0 and 1; got {value!r}"
+
+
 def _check_level(value: Any, name: str) -> float:
-    """A number strictly between 0 and 1 (a target risk or a level δ), as a float."""
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    if not ok or not 0 < value < 1:
-        raise CalibrationError(f"{name} must be a number strictly between 0 and 1; got {value!r}")
-    return float(value)
-
-
-def _check_count(value: Any, name: str) -> int:
-    """A positive integer (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise CalibrationError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
+    """A target risk or a level δ strictly between 0 and 1, as a float."""
+    return check_fraction(value, name, _LEVEL_MESSAGE)
 
 
 def _min_rows(target_risk: float, delta: float) -> int:
@@ -172,10 +171,10 @@ def threshold_candidates(
     ...                      step=0.25)
     array([0.57, 0.34, 0.1 ])
     """
-    reference, _ = _check_scores(reference_confidence, p_name="reference_confidence")
+    reference = check_scores(reference_confidence, name="reference_confidence")
     target_risk = _check_level(target_risk, "target_risk")
     delta = _check_level(delta, "delta")
-    n_test = _check_count(n_test, "n_test")
+    n_test = check_positive_int(n_test, "n_test")
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
         raise CalibrationError(f"step must be a number in (0, 1]; got {step!r}")
     if isinstance(start_factor, bool) or not isinstance(start_factor, (int, float)):
@@ -226,7 +225,7 @@ class RiskControlledThreshold:
         _check_level(self.target_risk, "target_risk")
         _check_level(self.delta, "delta")
         for name in ("n", "n_candidates_tested"):
-            _check_count(getattr(self, name), name)
+            check_positive_int(getattr(self, name), name)
         certified = self.threshold is not None
         for name in ("threshold", "coverage", "selective_risk", "risk_upper_bound"):
             value = getattr(self, name)
@@ -261,7 +260,7 @@ class RiskControlledThreshold:
         ndarray of bool, shape (n,)
             True where ``confidence < threshold``; all True when ``threshold`` is None.
         """
-        confidence, _ = _check_scores(confidence, p_name="confidence", allow_empty=True)
+        confidence = check_scores(confidence, name="confidence", allow_empty=True)
         if self.threshold is None:
             return np.ones(len(confidence), dtype=bool)
         return confidence < self.threshold
@@ -277,7 +276,7 @@ class RiskControlledThreshold:
     def from_dict(cls, data: Mapping[str, Any]) -> RiskControlledThreshold:
         """Inverse of :meth:`to_dict`; missing, extra or out-of-range fields raise
         :class:`CalibrationError`."""
-        _check_keys(data, tuple(cls.__dataclass_fields__), "a risk-controlled threshold dict")
+        check_keys(data, tuple(cls.__dataclass_fields__), "a risk-controlled threshold dict")
         fields = dict(data)
         if fields["selective_risk"] is None:
             fields["selective_risk"] = math.nan
@@ -334,12 +333,14 @@ def risk_controlled_threshold(
     ...                           candidates=[0.9, 0.8, 0.7]).threshold
     0.8
     """
-    confidence, correct = _check_scores(confidence, correct, p_name="confidence", y_name="correct")
+    correct, confidence = check_labels_and_scores(
+        correct, confidence, y_name="correct", p_name="confidence", style="calibrator"
+    )
     target_risk = _check_level(target_risk, "target_risk")
     delta = _check_level(delta, "delta")
     if candidates is None:
         candidates = np.linspace(1.0, 0.0, 101)
-    candidates, _ = _check_scores(candidates, p_name="candidates")
+    candidates = check_scores(candidates, name="candidates")
     if (np.diff(candidates) >= 0).any():
         raise CalibrationError("candidates must be strictly decreasing (highest threshold first)")
 
