@@ -1,4 +1,4 @@
-"""Fault injection for tests/test_distributed.py: put this directory on PYTHONPATH and set
+"""Fault injection for tests/distributed/test_distributed.py: put this directory on PYTHONPATH and set
 PERTURBPROBE_TEST_FAIL_RANK=k, and rank k of a torchrun job fails in its first extraction
 pass (as a rank running out of memory would)."""
 

@@ -149,7 +149,7 @@ def test_recalibrate_refits_only_the_calibrator(bundle, tmp_path):
     domain = new_domain()
     child = bundle.recalibrate(domain, target_risk=None)
     raw = bundle.predict_raw(domain)
-    # Platt shrunk toward the parent's slope (tests/test_recalibration_safety.py)
+    # Platt shrunk toward the parent's slope (tests/bundles/test_recalibration_safety.py)
     by_hand = PlattCalibrator().fit(raw, domain.y, prior_slope=bundle.calibrator.coef_)
     np.testing.assert_allclose(child.predict_confidence(domain), by_hand.transform(raw))
     assert child.probe is bundle.probe
