@@ -33,7 +33,8 @@ import pandas as pd
 from ._io import atomic_write
 from .bundles import ProbeBundle, llm_slug
 from .calibration.report import Report
-from .data import accuracy_table, collect, load_dataset, read_records, write_records
+from .data import accuracy_table, load_dataset, read_records, write_records
+from .decoding import collect
 from .errors import DatasetError
 from .features import ExtractorConfig, FeatureSet, extract
 from .llm import LLM

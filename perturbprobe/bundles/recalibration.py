@@ -45,7 +45,7 @@ The manifest's ``recalibration`` entry also records the probe's AUROC on the rec
 answers with a 95 % bootstrap interval over questions (``auroc``, ``auroc_low``,
 ``auroc_high``). When that interval reaches 0.5 the probe has no measurable signal in this
 domain — recalibration can fix its base rate, not its ranking — and a one-line warning on
-the ``perturbprobe.probes.recalibration`` logger (stderr in the CLI) says so.
+the ``perturbprobe.bundles.recalibration`` logger (stderr in the CLI) says so.
 """
 
 from __future__ import annotations

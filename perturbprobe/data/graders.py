@@ -2,7 +2,7 @@
 
 A grader is any callable ``grader(response: str, example: Example) -> bool``. The built-in
 ones are registered by name; register your own with :func:`register_grader` and name it in a
-dataset row's ``grader`` field or pass it to :func:`perturbprobe.data.collect`. Every record
+dataset row's ``grader`` field or pass it to :func:`perturbprobe.decoding.collect`. Every record
 names the grader that labelled it.
 
 - ``contains`` (default): a normalised alias occurs in the normalised response as whole words.

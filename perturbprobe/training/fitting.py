@@ -112,7 +112,7 @@ def fit_bundle(
         Folds of the question-grouped cross-validation.
     select_by : {"auto", "question", "domain"}
         Folds of the cross-validation: ``domain`` leaves one domain out (needs at least
-        :data:`~perturbprobe.probes.splits.MIN_DOMAINS` domains with both classes),
+        :data:`~perturbprobe.data.splits.MIN_DOMAINS` domains with both classes),
         ``question`` groups by question, ``auto`` takes ``domain`` when the training
         answers have enough domains. With ``domain`` and ``auto``, the report also shows the
         question-grouped table.

@@ -162,7 +162,7 @@ def select_probe(
     n_folds : int
         Folds grouped by question (``fold_by="question"``).
     fold_by : {"question", "domain"}
-        ``domain``: leave one domain out (:func:`~perturbprobe.probes.splits.domain_folds`;
+        ``domain``: leave one domain out (:func:`~perturbprobe.data.splits.domain_folds`;
         needs the FeatureSet's domains).
     random_state : int
         Seeds the folds and the probes.

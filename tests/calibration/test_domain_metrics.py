@@ -23,7 +23,7 @@ from perturbprobe.calibration.domains import (
 from perturbprobe.calibration.metrics import MetricValue
 from perturbprobe.calibration.report import build_report
 from perturbprobe.errors import CalibrationError, PerturbprobeWarning
-from perturbprobe.probes import evaluate_bundles, fit_bundle
+from perturbprobe.training import evaluate_bundles, fit_bundle
 
 N_BOOTSTRAP = 200
 TOL = 1e-12

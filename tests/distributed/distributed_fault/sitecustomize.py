@@ -1,5 +1,5 @@
-"""Fault injection for tests/distributed/test_distributed.py: put this directory on PYTHONPATH and set
-PERTURBPROBE_TEST_FAIL_RANK=k, and rank k of a torchrun job fails in its first extraction
+"""Fault injection for tests/distributed/test_distributed.py: put this directory on PYTHONPATH
+and set PERTURBPROBE_TEST_FAIL_RANK=k, and rank k of a torchrun job fails in its first extraction
 pass (as a rank running out of memory would)."""
 
 import os

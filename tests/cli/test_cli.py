@@ -1,7 +1,7 @@
 """The ``perturbprobe`` command line: --version/--help, ``collect --source gold``, user errors.
 
 Nothing here loads an LLM: ``collect --source gold`` writes gold and wrong answers, and
-``_load`` is replaced by a function that fails the test if called.
+``load_model`` is replaced by a function that fails the test if called.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import perturbprobe
-import perturbprobe.cli as cli_module
+import perturbprobe.cli.runtime as cli_module
 from perturbprobe.cli import cli
 from perturbprobe.data import accuracy_table, read_records
 from perturbprobe.errors import DatasetError
@@ -43,7 +43,7 @@ def no_llm(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the CLI tried to load an LLM")
 
-    monkeypatch.setattr(cli_module, "_load", refuse)
+    monkeypatch.setattr(cli_module, "load_model", refuse)
 
 
 def write_jsonl(path: Path, rows) -> Path:
