@@ -120,6 +120,22 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = True) -> Iterat
             shutil.rmtree(aside, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def output_directory(
+    path: Path, *, overwrite: bool, error: type[PerturbprobeError], advice: str
+) -> Iterator[Path]:
+    """:func:`atomic_directory` for an output a user names: an existing ``path`` is refused
+    unless ``overwrite``, and so is one another run writes meanwhile (``error``, ending with
+    ``advice``)."""
+    if path.exists() and not overwrite:
+        raise error(f"{path} already exists; {advice}")
+    try:
+        with atomic_directory(path, replace=overwrite) as staging:
+            yield staging
+    except FileExistsError:  # another run wrote ``path`` while this one was working
+        raise error(f"{path} was written by another run meanwhile; {advice}") from None
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path:
     """Write ``rows`` as JSON lines to ``path`` atomically; return the path."""
     with atomic_write(path) as handle:

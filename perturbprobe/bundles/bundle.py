@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_directory
+from .._io import output_directory
 from .._version import __version__
 from ..calibration.calibrators import Calibrator, calibrator_from_dict
 from ..calibration.prior_shift import adjust_to_prior
@@ -238,18 +238,10 @@ class ProbeBundle(ManifestSchema):
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the bundle directory atomically; refuse to replace one unless asked."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise BundleError(f"{path} already exists; choose another --out or pass --overwrite")
-        try:
-            return self._write(path, overwrite)
-        except FileExistsError as exc:
-            raise BundleError(
-                f"{path} was written by another run meanwhile; choose another --out or pass "
-                "--overwrite"
-            ) from exc
-
-    def _write(self, path: Path, overwrite: bool) -> Path:
-        with atomic_directory(path, replace=overwrite) as staging:
+        advice = "choose another --out or pass --overwrite"
+        with output_directory(
+            path, overwrite=overwrite, error=BundleError, advice=advice
+        ) as staging:
             self.probe.save_state(staging)
             calibrators = {
                 "probe": self.calibrator.to_dict(),

@@ -147,16 +147,21 @@ def read_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
         raise DatasetError(f"{path}: cannot read the file: {exc}") from exc
 
 
+def parse_json_line(line: str, where: str) -> Any:
+    """The JSON value of one line of a JSON-lines file; DatasetError naming ``where``
+    (e.g. ``"data.jsonl line 3"``) if it is not valid JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{where}: invalid JSON ({exc.msg})") from exc
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
-            yield f"{path} line {number}", row
+            if line.strip():
+                where = f"{path} line {number}"
+                yield where, parse_json_line(line, where)
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:

@@ -9,7 +9,6 @@ known — records written before they existed have neither.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import pandas as pd
 from .._io import write_jsonl
 from ..errors import DatasetError, PairEncodingError
 from ..llm.pairs import validate_messages
+from .loaders import parse_json_line
 from .schema import ANSWER_FORMATS
 
 __all__ = ["SOURCES", "Record", "accuracy_table", "pair_record", "read_records", "write_records"]
@@ -135,11 +135,7 @@ def read_records(path: str | os.PathLike) -> list[Record]:
                 ) from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: invalid JSON ({exc.msg})") from exc
-            record = Record.from_dict(row, where)
+            record = Record.from_dict(parse_json_line(line, where), where)
             if record.id in seen:
                 raise DatasetError(
                     f"{where}: duplicate record id {record.id!r} (first at line "

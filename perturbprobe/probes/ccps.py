@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ._contrastive import ACTIVATIONS, WIDTHS, ContrastiveProbe, mlp, widths
-from .inputs import is_int
+from .inputs import ParameterRule, int_at_least
 
 __all__ = ["CCPSProbe", "CCPSSequenceProbe", "MaskedCNNEncoder"]
 
@@ -125,7 +125,7 @@ class CCPSProbe(ContrastiveProbe):
         self.device = device
         self.pos_label = pos_label
 
-    def _parameter_rules(self) -> list[tuple]:
+    def _parameter_rules(self) -> list[ParameterRule]:
         return [*super()._parameter_rules(), ("hidden", widths, WIDTHS)]
 
     def _build_encoder(self, n_features: int) -> nn.Module:
@@ -275,12 +275,12 @@ validation_fraction, random_state, device, pos_label
         self.device = device
         self.pos_label = pos_label
 
-    def _parameter_rules(self) -> list[tuple]:
+    def _parameter_rules(self) -> list[ParameterRule]:
         return [
             *super()._parameter_rules(),
             ("channels", widths, WIDTHS),
-            ("kernel_size", lambda v: is_int(v, 1), "an int >= 1"),
-            ("max_length", lambda v: is_int(v, 1), "an int >= 1"),
+            ("kernel_size", int_at_least(1), "an int >= 1"),
+            ("max_length", int_at_least(1), "an int >= 1"),
         ]
 
     def _build_encoder(self, n_features: int) -> nn.Module:

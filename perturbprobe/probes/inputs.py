@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,13 +25,16 @@ from ..errors import PerturbprobeError, PerturbprobeWarning, ProbeError
 
 __all__ = [
     "MIN_ROWS_PER_CLASS",
+    "ParameterRule",
     "ProbeTypeError",
     "check_features",
     "check_groups",
     "check_labels",
     "check_parameter",
+    "check_parameters",
     "check_sample_weight",
     "derive_seed",
+    "int_at_least",
     "is_int",
 ]
 
@@ -39,6 +42,9 @@ __all__ = [
 # stopping are noisy: warn, do not refuse.
 MIN_ROWS_PER_CLASS = 20
 _MAX_LISTED = 5
+
+# A parameter check: (name, predicate on the value, what is expected)
+ParameterRule = tuple[str, Callable[[Any], bool], str]
 
 
 class ProbeTypeError(PerturbprobeError, TypeError):
@@ -79,6 +85,17 @@ def check_parameter(
 def is_int(value: Any, minimum: int) -> bool:
     """Whether ``value`` is an integer (not a bool) ≥ ``minimum``."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def int_at_least(minimum: int) -> Callable[[Any], bool]:
+    """The predicate ``is_int(value, minimum)``, for a :data:`ParameterRule`."""
+    return lambda value: is_int(value, minimum)
+
+
+def check_parameters(estimator: BaseEstimator, rules: Iterable[ParameterRule]) -> None:
+    """:func:`check_parameter` for every ``(name, valid, expected)`` rule, in order."""
+    for name, valid, expected in rules:
+        check_parameter(estimator, name, valid, expected)
 
 
 def derive_seed(random_state: int | np.random.RandomState | None) -> int:

@@ -34,12 +34,18 @@ import pandas as pd
 from ._scaling import noise_constant
 from .base import Probe
 from .early_stopping import validation_split
-from .inputs import check_parameter, derive_seed, is_int
+from .inputs import ParameterRule, check_parameters, derive_seed, int_at_least
 
 __all__ = ["LightGBMProbe"]
 
 _MODEL_FILE = "lightgbm.txt"
 _META_FILE = "lightgbm.json"
+_PARAMETER_RULES: tuple[ParameterRule, ...] = (
+    ("n_estimators", int_at_least(1), "an int >= 1"),
+    ("learning_rate", lambda v: v > 0, "a float > 0"),
+    ("validation_fraction", lambda v: 0 < v < 1, "a float in (0, 1)"),
+    ("early_stopping_rounds", int_at_least(1), "an int >= 1"),
+)
 
 
 class LightGBMProbe(Probe):
@@ -135,10 +141,7 @@ class LightGBMProbe(Probe):
         return (*super()._state_errors(), lgb.basic.LightGBMError)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, groups, sample_weight) -> None:
-        check_parameter(self, "n_estimators", lambda v: is_int(v, 1), "an int >= 1")
-        check_parameter(self, "learning_rate", lambda v: v > 0, "a float > 0")
-        check_parameter(self, "validation_fraction", lambda v: 0 < v < 1, "a float in (0, 1)")
-        check_parameter(self, "early_stopping_rounds", lambda v: is_int(v, 1), "an int >= 1")
+        check_parameters(self, _PARAMETER_RULES)
         seed = derive_seed(self.random_state)
         train, validation = validation_split(y, groups, self.validation_fraction, seed)
         # A column constant up to float32 rounding is made exactly constant, so no tree splits

@@ -55,7 +55,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import PerturbprobeWarning, ProbeError
 from ._scaling import standardisation_scale
 from .base import Probe
-from .inputs import check_parameter, derive_seed, is_int
+from .inputs import ParameterRule, check_parameters, derive_seed, int_at_least, is_int
 from .state import check_shapes, read_arrays, read_json, write_arrays
 
 __all__ = ["DEFAULT_CS", "LogisticCVProbe", "cv_folds"]
@@ -134,6 +134,17 @@ def _is_n_components(value: Any) -> bool:
     if value is None or is_int(value, 1):
         return True
     return isinstance(value, float) and 0 < value < 1
+
+
+_PARAMETER_RULES: tuple[ParameterRule, ...] = (
+    ("Cs", _is_c_grid, "a non-empty sequence of finite floats > 0"),
+    ("n_folds", int_at_least(2), "an int >= 2"),
+    ("n_components", _is_n_components, "None, an int >= 1 or a float in (0, 1)"),
+    ("whiten", lambda v: isinstance(v, bool), "a bool"),
+    ("max_iter", int_at_least(1), "an int >= 1"),
+    ("tol", lambda v: isinstance(v, numbers.Real) and v > 0, "a float > 0"),
+    ("n_jobs", lambda v: is_int(v, -(2**31)) and v != 0, "a non-zero int"),
+)
 
 
 def _nan_median(X: np.ndarray) -> np.ndarray:
@@ -302,19 +313,8 @@ class LogisticCVProbe(Probe):
 
     # -- fit ----------------------------------------------------------------------------------
 
-    def _check_parameters(self) -> None:
-        check_parameter(self, "Cs", _is_c_grid, "a non-empty sequence of finite floats > 0")
-        check_parameter(self, "n_folds", lambda v: is_int(v, 2), "an int >= 2")
-        check_parameter(
-            self, "n_components", _is_n_components, "None, an int >= 1 or a float in (0, 1)"
-        )
-        check_parameter(self, "whiten", lambda v: isinstance(v, bool), "a bool")
-        check_parameter(self, "max_iter", lambda v: is_int(v, 1), "an int >= 1")
-        check_parameter(self, "tol", lambda v: isinstance(v, numbers.Real) and v > 0, "a float > 0")
-        check_parameter(self, "n_jobs", lambda v: is_int(v, -(2**31)) and v != 0, "a non-zero int")
-
     def _fit(self, X: np.ndarray, y: np.ndarray, groups, sample_weight) -> None:
-        self._check_parameters()
+        check_parameters(self, _PARAMETER_RULES)
         seed = derive_seed(self.random_state)
         Cs = np.asarray([float(c) for c in self.Cs], dtype=np.float64)
         # One C: nothing to choose, so no inner cross-validation (stacking's fold fits).

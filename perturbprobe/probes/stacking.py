@@ -47,7 +47,7 @@ from sklearn.metrics import log_loss
 
 from ..errors import ProbeError
 from .base import Probe, make_probe, probe_class
-from .inputs import check_parameter, derive_seed, is_int
+from .inputs import ParameterRule, check_parameters, derive_seed, int_at_least
 from .logistic_cv import cv_folds
 from .state import read_json
 
@@ -108,6 +108,41 @@ def _pairs(value: Any, second: Any) -> bool:
             return False
         names.append(name)
     return len(set(names)) == len(names)
+
+
+def _names(value: Any) -> bool:
+    """Whether ``value`` is a sequence of strings (not a string itself)."""
+    return not isinstance(value, (str, bytes)) and all(isinstance(n, str) for n in value)
+
+
+# The parameters of the plan (checked at fit and at load), then those of the fit alone.
+_PLAN_RULES: tuple[ParameterRule, ...] = (
+    (
+        "column_groups",
+        lambda v: v is None or _pairs(v, int_at_least(1)),
+        "None or a non-empty sequence of (group name, number of columns >= 1) pairs with "
+        "distinct names",
+    ),
+    (
+        "base_probes",
+        lambda v: v is None or _pairs(v, lambda p: isinstance(p, str)),
+        "None or a non-empty sequence of (group name, probe name) pairs",
+    ),
+    (
+        "base_params",
+        lambda v: v is None or _pairs(v, lambda p: isinstance(p, dict)),
+        "None or a non-empty sequence of (group name, parameter dict) pairs",
+    ),
+    ("wide_groups", lambda v: v is None or _names(v), "None or a sequence of column group names"),
+)
+_FIT_RULES: tuple[ParameterRule, ...] = (
+    ("n_folds", int_at_least(2), "an int >= 2"),
+    (
+        "meta_C",
+        lambda v: isinstance(v, numbers.Real) and math.isfinite(v) and v > 0,
+        "a finite float > 0",
+    ),
+)
 
 
 def _json_ready(value: Any) -> Any:
@@ -234,34 +269,7 @@ class StackingProbe(Probe):
 
     def _plan(self, n_features: int, seed: int) -> list[_Base]:
         """Every column group with its range, probe name and constructor parameters."""
-        check_parameter(
-            self,
-            "column_groups",
-            lambda v: v is None or _pairs(v, lambda n: is_int(n, 1)),
-            "None or a non-empty sequence of (group name, number of columns >= 1) pairs with "
-            "distinct names",
-        )
-        check_parameter(
-            self,
-            "base_probes",
-            lambda v: v is None or _pairs(v, lambda p: isinstance(p, str)),
-            "None or a non-empty sequence of (group name, probe name) pairs",
-        )
-        check_parameter(
-            self,
-            "base_params",
-            lambda v: v is None or _pairs(v, lambda p: isinstance(p, dict)),
-            "None or a non-empty sequence of (group name, parameter dict) pairs",
-        )
-        check_parameter(
-            self,
-            "wide_groups",
-            lambda v: (
-                v is None
-                or (not isinstance(v, (str, bytes)) and all(isinstance(n, str) for n in v))
-            ),
-            "None or a sequence of column group names",
-        )
+        check_parameters(self, _PLAN_RULES)
         groups = (("features", n_features),) if self.column_groups is None else self.column_groups
         names = [name for name, _ in groups]
         total = sum(int(n) for _, n in groups)
@@ -303,13 +311,7 @@ class StackingProbe(Probe):
     # -- fit ----------------------------------------------------------------------------------
 
     def _fit(self, X: np.ndarray, y: np.ndarray, groups, sample_weight) -> None:
-        check_parameter(self, "n_folds", lambda v: is_int(v, 2), "an int >= 2")
-        check_parameter(
-            self,
-            "meta_C",
-            lambda v: isinstance(v, numbers.Real) and math.isfinite(v) and v > 0,
-            "a finite float > 0",
-        )
+        check_parameters(self, _FIT_RULES)
         seed = derive_seed(self.random_state)
         plan = self._plan(X.shape[1], seed)
         folds = cv_folds(y, groups, self.n_folds, seed)
