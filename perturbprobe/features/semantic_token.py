@@ -5,13 +5,11 @@ t*, over a band of layers. t* is stored as an *offset from the end of the render
 prompt*: offset 1 is the last prompt token, offset k the k-th from the end, so one number
 serves prompts of every length.
 
-Default t* (:func:`default_semantic_offset`): the token that opens the assistant turn. It is
-found by rendering a probe user message with and without ``add_generation_prompt``: the first
-token where the two renderings differ is the first token the template adds for the assistant
-(a longest common prefix, so templates that append an end-of-sequence token when there is no
+Default t* (:func:`default_semantic_offset`): the token that opens the assistant turn, the
+first token where a probe message rendered with and without ``add_generation_prompt`` differs
+(a longest common prefix, so templates that append an end-of-sequence token without the
 generation prompt, like Phi-3's, work too). When the template adds nothing (Mistral's
-``[INST]`` templates end the user turn with ``[/INST]`` either way) or there is no template,
-t* is the last token of the user's text.
+``[INST]`` templates) or there is none, t* is the last token of the user's text.
 
 ==============  ===========================  ==============================================
 Family          t* (default)                 Why
@@ -40,23 +38,19 @@ of each query) at offset t, in layer l; with s the cosine similarity,
   only the original questions; we pool every prompt: the same similarity of unrelated
   prompts, estimated from more pairs.
 
-Both are computed from per-query sums of unit vectors, never pair by pair: for unit vectors
-u_i, Σ_{i≠j} u_i·u_j = ‖Σ_i u_i‖² − Σ_i ‖u_i‖², so memory and time are linear in the number of
-prompts. Offsets beyond a prompt's length are missing and ignored (a query then needs two
-prompts present at that offset; queries without them are left out of the mean). A zero vector
-has cosine similarity 0 with everything (as in scikit-learn). The authors' code does not
-implement SPS; this is ours.
+Both come from per-query sums of unit vectors (Σ_{i≠j} u_i·u_j = ‖Σ_i u_i‖² − Σ_i ‖u_i‖²),
+linear in the number of prompts. Offsets beyond a prompt's length are missing (a query needs
+two prompts present at an offset); a zero vector has cosine similarity 0 with everything. The
+authors' code does not implement SPS; this is ours.
 
 The chosen cell is the best (offset, layer) over the layers SemGrad can use (indices 1…L−1);
 the layer band is ⌊L/2⌋ layers wide, like the default band L−⌊L/2⌋…L−1 of FEATURES.md,
 centred on the best layer and shifted to stay within 1…L−1.
 
-Read the heatmap (:func:`plot_sps`) before trusting the choice: at offsets inside the user's
-text, paraphrases that end with the same word score high already at layer 0 (the token
-embeddings), which is lexical overlap, not meaning. A semantic cell has a low score at layer
-0 and a higher one deeper. On SmolLM2-135M-Instruct with 60 easy-qa sets the best cell is such
-a lexical one (offset 8, SPS 0.43 at layer 1 against 0.45 at layer 0), while the template
-tokens (offsets 1…6) start at exactly 0 and gain at most 0.11 (offset 1, layers 24…29).
+Read the heatmap (:func:`plot_sps`) before trusting a choice: inside the user's text,
+paraphrases ending with the same word score high already at layer 0 (lexical overlap, not
+meaning; on SmolLM2 and 60 easy-qa sets: offset 8, 0.45 at layer 0), hence
+``fixed_tokens_only``. A semantic cell scores low at layer 0 and higher deeper.
 
 >>> from perturbprobe import load_llm
 >>> llm = load_llm("default")  # doctest: +SKIP
@@ -80,7 +74,7 @@ from tqdm.auto import tqdm
 from ..errors import ExtractionError
 from ..llm.adapter import LLM
 from ..llm.architectures import run_decoder
-from ..llm.pairs import _render_ids
+from ..llm.pairs import render_ids
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -122,7 +116,7 @@ def default_semantic_offset(llm: LLM) -> int:
     prompt = llm.prompt_ids(messages, what="the t* probe message")
     if llm.has_chat_template:
         try:
-            without = _render_ids(llm.tokenizer, messages, add_generation_prompt=False)
+            without = render_ids(llm.tokenizer, messages, add_generation_prompt=False)
         except Exception:  # jinja raises its own types; fall back to the user's text
             without = prompt
         start = _common_prefix_length(prompt, without)

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 
 from ..errors import PairEncodingError
 
-__all__ = ["RESPONSE_ENDS", "EncodedPair", "encode_pair", "render_prompt_ids", "validate_messages"]
+__all__ = [
+    "RESPONSE_ENDS",
+    "EncodedPair",
+    "encode_pair",
+    "render_ids",
+    "render_prompt_ids",
+    "validate_messages",
+]
 
 RESPONSE_ENDS = ("template", "eot")
 _ROLES = ("system", "user", "assistant", "tool")
@@ -88,7 +95,7 @@ def _has_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _render_ids(tokenizer, messages, *, add_generation_prompt: bool) -> list[int]:
+def render_ids(tokenizer, messages, *, add_generation_prompt: bool) -> list[int]:
     # Render to text, then tokenize without adding special tokens: this is what
     # apply_chat_template(tokenize=True) does, without depending on its return type.
     text = tokenizer.apply_chat_template(
@@ -107,7 +114,7 @@ def render_prompt_ids(tokenizer, messages, *, what: str = "pair") -> list[int]:
             ids = [tokenizer.bos_token_id, *ids]
         return ids
     try:
-        return _render_ids(tokenizer, messages, add_generation_prompt=True)
+        return render_ids(tokenizer, messages, add_generation_prompt=True)
     except Exception as exc:  # jinja raises its own exception types (TemplateError, ...)
         raise PairEncodingError(f"{what}: the chat template cannot render it: {exc}") from exc
 
@@ -158,7 +165,7 @@ def encode_pair(
     else:
         conversation = [*validate_messages(messages), {"role": "assistant", "content": response}]
         try:
-            full_ids = _render_ids(tokenizer, conversation, add_generation_prompt=False)
+            full_ids = render_ids(tokenizer, conversation, add_generation_prompt=False)
         except Exception as exc:
             raise PairEncodingError(f"{what}: the chat template cannot render it: {exc}") from exc
         if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
