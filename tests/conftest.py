@@ -40,6 +40,15 @@ def one_intra_op_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    """The tiny random Llama of ``tiny_models`` saved as a model directory (for the CLI's
+    ``--model`` and for subprocesses), once per using module."""
+    from tiny_models import make_tiny_llm, save_llm
+
+    return save_llm(make_tiny_llm("llama"), tmp_path_factory.mktemp("tiny-llama"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` need a CUDA device; without one they are skipped, saying so."""
     if torch.cuda.is_available():

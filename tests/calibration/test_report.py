@@ -13,15 +13,8 @@ import pandas as pd
 import pytest
 from sklearn.calibration import calibration_curve
 
+from perturbprobe.calibration import plots
 from perturbprobe.calibration.metrics import METRICS, MetricValue, evaluate_confidence
-from perturbprobe.calibration.plots import (
-    figure_to_png_bytes,
-    panel_grid,
-    plot_confidence_histogram,
-    plot_importances,
-    plot_reliability,
-    plot_risk_coverage,
-)
 from perturbprobe.calibration.report import Report, build_report
 from perturbprobe.errors import CalibrationError
 
@@ -234,7 +227,7 @@ def test_report_errors(data):
 # ---- the plots --------------------------------------------------------------------------------
 def test_plot_reliability_draws_bin_accuracy(data):
     y, scores = data
-    ax = plot_reliability(y, scores[PRIMARY], n_bins=10, label="probe")
+    ax = plots.plot_reliability(y, scores[PRIMARY], n_bins=10, label="probe")
     accuracy_bars, share_bars = ax.containers
     prob_true, _ = calibration_curve(y, scores[PRIMARY], n_bins=10)  # non-empty bins only
     np.testing.assert_allclose([bar.get_height() for bar in accuracy_bars], prob_true, atol=1e-12)
@@ -245,32 +238,32 @@ def test_plot_reliability_draws_bin_accuracy(data):
         "share of rows",
         "perfect calibration",
     }
-    assert figure_to_png_bytes(ax.figure).startswith(PNG_MAGIC)
+    assert plots.figure_to_png_bytes(ax.figure).startswith(PNG_MAGIC)
 
 
 def test_plots_draw_on_given_axes(data):
     y, scores = data
-    fig, axes = panel_grid(5, ncols=3)
+    fig, axes = plots.panel_grid(5, ncols=3)
     assert len(axes) == 5 and sum(ax.get_visible() for ax in fig.axes) == 5 == len(fig.axes) - 1
-    assert plot_confidence_histogram(y, scores[PRIMARY], ax=axes[0], label="x") is axes[0]
+    assert plots.plot_confidence_histogram(y, scores[PRIMARY], ax=axes[0], label="x") is axes[0]
     labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert labels == [f"correct (n = {y.sum()})", f"incorrect (n = {len(y) - y.sum()})"]
     curves = {name: (y, p) for name, p in scores.items()}
-    assert plot_risk_coverage(curves, ax=axes[1]) is axes[1]
+    assert plots.plot_risk_coverage(curves, ax=axes[1]) is axes[1]
     assert len(axes[1].get_lines()) == 3
     assert all("AURC" in t.get_text() for t in axes[1].get_legend().get_texts())
     importances = pd.Series([3.0, 1.0, 2.0], index=["a", "b", "c"])
-    assert plot_importances(importances, top=2, ax=axes[2]) is axes[2]
+    assert plots.plot_importances(importances, top=2, ax=axes[2]) is axes[2]
     assert [t.get_text() for t in axes[2].get_yticklabels()] == ["c", "a"]  # largest on top
 
 
 def test_plot_errors(data):
     y, scores = data
     with pytest.raises(CalibrationError, match="curves is empty"):
-        plot_risk_coverage({})
+        plots.plot_risk_coverage({})
     with pytest.raises(CalibrationError, match="importances is empty"):
-        plot_importances(pd.Series(dtype=float))
+        plots.plot_importances(pd.Series(dtype=float))
     with pytest.raises(CalibrationError, match="n_panels must be at least 1"):
-        panel_grid(0)
+        plots.panel_grid(0)
     with pytest.raises(CalibrationError, match=r"p must be probabilities in \[0, 1\]"):
-        plot_confidence_histogram(y, scores[PRIMARY] + 2)
+        plots.plot_confidence_histogram(y, scores[PRIMARY] + 2)

@@ -51,17 +51,10 @@ ROWS = [
     },
 ]
 LIST_FIELDS = ("answers", "choices", "wrong_answers", "paraphrases", "messages")
-COLUMNS = [
-    "id",
-    "question",
-    "messages",
-    "answers",
-    "choices",
-    "wrong_answers",
-    "paraphrases",
-    "category",
-    "grader",
-]
+# The CSV / Parquet columns the files below are written with.
+COLUMNS = (  # noqa: SIM905
+    "id question messages answers choices wrong_answers paraphrases category grader"
+).split()
 
 
 def write_jsonl(path, rows):
@@ -126,49 +119,28 @@ def test_same_content_gives_equal_examples_across_formats(tmp_path, kind):
         assert a.to_row() == b.to_row()
 
 
-def test_csv_pipe_list_strips_items_and_drops_empty_ones(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "id,question,answers,wrong_answers\nq1,Capital of France?, Paris | paris ||,Lyon\n",
+            {"answers": ("Paris", "paris"), "wrong_answers": ("Lyon",)},
+            id="pipe_list_strips_items_and_drops_empty_ones",
+        ),
+        pytest.param(
+            "id,question,answers,category,paraphrases\nq1,Capital of France?,Paris,,\n",
+            {"category": None, "paraphrases": ()},
+            id="empty_cells_are_absent_fields",
+        ),
+    ],
+)
+def test_csv_cells(tmp_path, text, expected):
     path = tmp_path / "d.csv"
-    path.write_text(
-        "id,question,answers,wrong_answers\nq1,Capital of France?, Paris | paris ||,Lyon\n",
-        encoding="utf-8",
-    )
+    path.write_text(text, encoding="utf-8")
     (example,) = load_dataset(path)
-    assert example.answers == ("Paris", "paris")
-    assert example.wrong_answers == ("Lyon",)
-
-
-def test_csv_empty_cells_are_absent_fields(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text(
-        "id,question,answers,category,paraphrases\nq1,Capital of France?,Paris,,\n",
-        encoding="utf-8",
-    )
-    (example,) = load_dataset(path)
-    assert example.category is None
-    assert example.paraphrases == ()
-
-
-def test_csv_messages_must_be_json(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text("id,messages,answers\nq1,hello,Paris\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"d\.csv line 2: field 'messages' must be a JSON list"):
-        load_dataset(path)
-
-
-def test_csv_bad_json_list_names_line_and_field(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text(
-        'id,question,answers\nq1,Q one?,Paris\nq2,Q two?,"[""a"", "\n', encoding="utf-8"
-    )
-    with pytest.raises(DatasetError, match=r"d\.csv line 3: field 'answers' is not a valid JSON"):
-        load_dataset(path)
-
-
-def test_csv_schema_error_names_the_physical_line(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text("id,question,answers\nq1,Q one?,Paris\nq2,Q two?,\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"d\.csv line 3 \(id 'q2'\): field 'answers'"):
-        load_dataset(path)
+    for field, value in expected.items():
+        got = getattr(example, field)
+        assert got == value and type(got) is type(value), field
 
 
 def test_parquet_schema_error_names_the_row(tmp_path):
@@ -178,43 +150,88 @@ def test_parquet_schema_error_names_the_row(tmp_path):
         load_dataset(path)
 
 
-def test_not_a_parquet_file(tmp_path):
-    path = tmp_path / "d.parquet"
-    path.write_text("this is not parquet\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"d\.parquet: not a readable Parquet file"):
-        load_dataset(path)
-
-
 # --------------------------------------------------------------------------- errors
 
+# Files that do not load, each with its one clear error: (file name, content — text, bytes or
+# None for no file at all —, the error pattern, "{path}" standing for the file's path).
+BAD_FILES = [
+    pytest.param(
+        "d.csv",
+        "id,messages,answers\nq1,hello,Paris\n",
+        r"d\.csv line 2: field 'messages' must be a JSON list",
+        id="csv_messages_must_be_json",
+    ),
+    pytest.param(
+        "d.csv",
+        'id,question,answers\nq1,Q one?,Paris\nq2,Q two?,"[""a"", "\n',
+        r"d\.csv line 3: field 'answers' is not a valid JSON",
+        id="csv_bad_json_list_names_line_and_field",
+    ),
+    pytest.param(
+        "d.csv",
+        "id,question,answers\nq1,Q one?,Paris\nq2,Q two?,\n",
+        r"d\.csv line 3 \(id 'q2'\): field 'answers'",
+        id="csv_schema_error_names_the_physical_line",
+    ),
+    pytest.param(
+        "d.parquet",
+        "this is not parquet\n",
+        r"d\.parquet: not a readable Parquet file",
+        id="not_a_parquet_file",
+    ),
+    pytest.param(
+        "bad.jsonl",
+        "\n".join([json.dumps(ROWS[0]), "", json.dumps(ROWS[1]), '{"id": "q3", "question": '])
+        + "\n",
+        r"{path} line 4: invalid JSON",
+        id="malformed_json_line_names_file_and_line",
+    ),
+    pytest.param(  # a blank line before the bad row: line numbers count physical lines
+        "bad.jsonl",
+        "\n".join(
+            [*map(json.dumps, ROWS[:2]), "", json.dumps({"id": "q3", "question": "No answers?"})]
+        )
+        + "\n",
+        r"{path} line 4 \(id 'q3'\): field 'answers' is missing",
+        id="schema_error_names_line_n",
+    ),
+    pytest.param(
+        "bad.jsonl",
+        json.dumps(ROWS[0]) + "\n[1, 2]\n",
+        r"bad\.jsonl line 2: expected an object",
+        id="non_object_json_line",
+    ),
+    pytest.param(
+        "d.txt",
+        json.dumps(ROWS[0]) + "\n",
+        r"unknown file type '\.txt'",
+        id="unknown_extension",
+    ),
+    pytest.param("nope.jsonl", None, r"nope\.jsonl does not exist", id="missing_file"),
+    pytest.param(
+        "empty.jsonl", "", r"empty.*: the dataset has no questions", id="empty_file-.jsonl"
+    ),
+    pytest.param(
+        "empty.csv", "\n\n", r"empty.*: the dataset has no questions", id="empty_file-.csv"
+    ),
+    pytest.param("blank.jsonl", "\n   \n\n", "has no questions", id="blank_lines_only_jsonl"),
+    pytest.param(
+        "latin.jsonl",
+        b'{"id": "q1", "question": "caf\xe9?", "answers": ["x"]}\n',
+        r"latin\.jsonl: cannot read the file",
+        id="undecodable_file",
+    ),
+]
 
-def test_malformed_json_line_names_file_and_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    lines = [json.dumps(ROWS[0]), "", json.dumps(ROWS[1]), '{"id": "q3", "question": ']
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=re.escape(f"{path} line 4: invalid JSON")):
-        load_dataset(path)
 
-
-def test_schema_error_names_line_n(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    rows = [ROWS[0], ROWS[1], {"id": "q3", "question": "No answers?"}]
-    # a blank line before the bad row: line numbers count physical lines
-    path.write_text(
-        json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n\n" + json.dumps(rows[2]) + "\n",
-        encoding="utf-8",
-    )
-    with pytest.raises(
-        DatasetError,
-        match=re.escape(f"{path} line 4 (id 'q3'): field 'answers' is missing"),
-    ):
-        load_dataset(path)
-
-
-def test_non_object_json_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(ROWS[0]) + "\n[1, 2]\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"bad\.jsonl line 2: expected an object"):
+@pytest.mark.parametrize(("name", "content", "pattern"), BAD_FILES)
+def test_a_bad_file_is_one_clear_error(tmp_path, name, content, pattern):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(DatasetError, match=pattern.replace("{path}", re.escape(str(path)))):
         load_dataset(path)
 
 
@@ -225,37 +242,9 @@ def test_duplicate_ids(tmp_path):
         load_dataset(path)
 
 
-def test_unknown_extension(tmp_path):
-    path = tmp_path / "d.txt"
-    path.write_text(json.dumps(ROWS[0]) + "\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"unknown file type '\.txt'"):
-        load_dataset(path)
-
-
-def test_missing_file(tmp_path):
-    path = tmp_path / "nope.jsonl"
-    with pytest.raises(DatasetError, match=r"nope\.jsonl does not exist"):
-        load_dataset(path)
-
-
 def test_directory_is_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset(tmp_path)
-
-
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_empty_file(tmp_path, suffix):
-    path = tmp_path / f"empty{suffix}"
-    path.write_text("" if suffix == ".jsonl" else "\n\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"empty.*: the dataset has no questions"):
-        load_dataset(path)
-
-
-def test_blank_lines_only_jsonl(tmp_path):
-    path = tmp_path / "blank.jsonl"
-    path.write_text("\n   \n\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match="has no questions"):
-        load_dataset(path)
 
 
 def test_empty_parquet(tmp_path):
@@ -263,13 +252,6 @@ def test_empty_parquet(tmp_path):
     table = pq.read_table(path).slice(0, 0)
     pq.write_table(table, path)
     with pytest.raises(DatasetError, match="has no questions"):
-        load_dataset(path)
-
-
-def test_undecodable_file(tmp_path):
-    path = tmp_path / "latin.jsonl"
-    path.write_bytes(b'{"id": "q1", "question": "caf\xe9?", "answers": ["x"]}\n')
-    with pytest.raises(DatasetError, match=r"latin\.jsonl: cannot read the file"):
         load_dataset(path)
 
 

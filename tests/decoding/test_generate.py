@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny_models import ARCHS, make_tiny_llm, save_llm
+from decoder_reference import assert_branches_match_a_fresh_pass
+from tiny_models import ARCHS, make_tiny_llm
 
 import perturbprobe
 from perturbprobe import GuardConfig
@@ -191,20 +192,7 @@ def test_branches_continue_from_the_right_cache_state(arch):
     encoded = [llm.prompt_ids(p) for p in PROMPTS[:4]]
     decoded = decode(llm, encoded, max_new_tokens=NEW_TOKENS, guard=GUARD)
     assert decoded.forks, "the test needs at least one fork"
-    for branch in decoded.branches:
-        prompt = encoded[branch.prompt]
-        ids = torch.tensor([prompt + branch.token_ids[:-1]])
-        with torch.no_grad():
-            logits = llm.model(input_ids=ids).logits[0, len(prompt) - 1 :].double()
-        log_p = torch.log_softmax(logits, -1)
-        expected = log_p[torch.arange(len(branch.token_ids)), branch.token_ids]
-        torch.testing.assert_close(
-            torch.tensor(branch.log_probs, dtype=torch.float64), expected, atol=2e-5, rtol=0
-        )
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        torch.testing.assert_close(
-            torch.tensor(branch.entropies, dtype=torch.float64), entropy, atol=2e-5, rtol=0
-        )
+    assert_branches_match_a_fresh_pass(llm, encoded, decoded.branches)
 
 
 @pytest.mark.parametrize("mode", ["top-k", "sample"])
@@ -350,41 +338,28 @@ def test_bad_generate_arguments_are_clear_errors():
 # ======================================================================================= CLI
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("generate-model") / "tiny-llama"
-    save_llm(make_tiny_llm("llama"), directory)
-    return directory
-
-
 def write_prompts(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
 
-def test_cli_generate_plain_and_guarded(tmp_path, saved_model, tiny_bundle):
+def test_cli_generate_plain_and_guarded(tmp_path, tiny_llama_dir, tiny_bundle):
     llm = make_tiny_llm("llama")
     rows = [{"id": f"q{i}", "question": q} for i, q in enumerate(QUESTIONS[:4])]
     rows.append({"id": "m", "messages": PROMPTS[4], "extra": [1, 2]})
     prompts = write_prompts(tmp_path / "prompts.jsonl", rows)
     runner = CliRunner()
+
+    def generate(out, *options):
+        """`perturbprobe -q generate` of the prompts into ``out``; it must succeed."""
+        args = ["-m", tiny_llama_dir, "-i", prompts, "-o", out, *options]
+        args += ["--max-new-tokens", NEW_TOKENS]
+        result = runner.invoke(cli, ["-q", "generate", *map(str, args)])
+        assert result.exit_code == 0, result.output
+        return result
+
     plain = tmp_path / "plain.jsonl"
-    result = runner.invoke(
-        cli,
-        [
-            "-q",
-            "generate",
-            "-m",
-            str(saved_model),
-            "-i",
-            str(prompts),
-            "-o",
-            str(plain),
-            "--max-new-tokens",
-            str(NEW_TOKENS),
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    generate(plain)
     written = [json.loads(line) for line in plain.read_text().splitlines()]
     expected = perturbprobe.generate(
         llm, [PROMPTS[i] for i in range(5)], max_new_tokens=NEW_TOKENS, progress=False
@@ -393,31 +368,9 @@ def test_cli_generate_plain_and_guarded(tmp_path, saved_model, tiny_bundle):
     assert [{k: v for k, v in w.items() if k != "response"} for w in written] == rows
 
     guarded = tmp_path / "guarded.jsonl"
-    result = runner.invoke(
-        cli,
-        [
-            "-q",
-            "generate",
-            "-m",
-            str(saved_model),
-            "-i",
-            str(prompts),
-            "-o",
-            str(guarded),
-            "--guard",
-            "--bundle",
-            str(tiny_bundle),
-            "-k",
-            "3",
-            "--window",
-            "8",
-            "--z",
-            "1.0",
-            "--max-new-tokens",
-            str(NEW_TOKENS),
-        ],
+    result = generate(
+        guarded, "--guard", "--bundle", tiny_bundle, "-k", 3, "--window", 8, "--z", "1.0"
     )
-    assert result.exit_code == 0, result.output
     written = [json.loads(line) for line in guarded.read_text().splitlines()]
     assert all("guard" in w and w["guard"]["generated_tokens"] > 0 for w in written)
     forked = [w for w in written if w["guard"]["interventions"]]

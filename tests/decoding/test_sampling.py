@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from decoder_reference import assert_branches_match_a_fresh_pass
 from scipy import stats
 from test_generate import PROMPTS  # the same prompts as the greedy tests
 from tiny_models import make_tiny_llm
@@ -106,19 +107,7 @@ def test_sampled_branches_continue_from_the_right_cache_state(arch):
         (p, k) for p in range(3) for k in range(3)
     ]
     assert decoded.forks == []
-    for branch in decoded.branches:
-        prompt = encoded[branch.prompt]
-        with torch.no_grad():
-            logits = llm.model(input_ids=torch.tensor([prompt + branch.token_ids[:-1]])).logits
-        log_p = torch.log_softmax(logits[0, len(prompt) - 1 :].double(), -1)
-        expected = log_p[torch.arange(len(branch.token_ids)), branch.token_ids]
-        torch.testing.assert_close(
-            torch.tensor(branch.log_probs, dtype=torch.float64), expected, atol=2e-5, rtol=0
-        )
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        torch.testing.assert_close(
-            torch.tensor(branch.entropies, dtype=torch.float64), entropy, atol=2e-5, rtol=0
-        )
+    assert_branches_match_a_fresh_pass(llm, encoded, decoded.branches)
     assert decoded.generated == [
         sum(len(b.token_ids) for b in decoded.branches if b.prompt == p) for p in range(3)
     ]

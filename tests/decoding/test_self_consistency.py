@@ -26,35 +26,21 @@ from perturbprobe.decoding.self_consistency import (
 )
 from perturbprobe.errors import DatasetError, GenerationError
 
-NUMERIC = example_from_row(
-    {"id": "num", "question": "What is six times seven?", "answers": ["42"], "grader": "numeric"},
-    "test",
+
+def make_example(example_id, question, answers, **fields):
+    """A validated dataset example with these fields."""
+    return example_from_row(
+        {"id": example_id, "question": question, "answers": answers, **fields}, "test"
+    )
+
+
+NUMERIC = make_example("num", "What is six times seven?", ["42"], grader="numeric")
+CHOICE = make_example(
+    "mc", "What is the capital of France?", ["Paris"], choices=["Rome", "Paris", "Madrid"]
 )
-CHOICE = example_from_row(
-    {
-        "id": "mc",
-        "question": "What is the capital of France?",
-        "choices": ["Rome", "Paris", "Madrid"],
-        "answers": ["Paris"],
-    },
-    "test",
-)
-SHORT = example_from_row(
-    {"id": "short", "question": "Capital of France?", "answers": ["Paris"]}, "t"
-)
-EXACT = example_from_row(
-    {"id": "exact", "question": "Capital of France?", "answers": ["Paris"], "grader": "exact"},
-    "t",
-)
-TRUEFALSE = example_from_row(
-    {
-        "id": "tf",
-        "question": "True or false: ice is cold.",
-        "answers": ["true"],
-        "format": "truefalse",
-    },
-    "test",
-)
+SHORT = make_example("short", "Capital of France?", ["Paris"])
+EXACT = make_example("exact", "Capital of France?", ["Paris"], grader="exact")
+TRUEFALSE = make_example("tf", "True or false: ice is cold.", ["true"], format="truefalse")
 
 
 KEYED = (NUMERIC, CHOICE, TRUEFALSE)
@@ -333,9 +319,7 @@ def record(question, response, number=0):
     )
 
 
-SENTENCE = example_from_row(
-    {"id": "sentence", "question": "Where is the Eiffel Tower?", "answers": ["Paris"]}, "t"
-)
+SENTENCE = make_example("sentence", "Where is the Eiffel Tower?", ["Paris"])
 
 
 def test_confidence_of_records_by_question_id():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_models import make_tiny_llm, save_llm
+from tiny_models import make_tiny_llm
 
 from perturbprobe.data import Record, load_dataset, write_records
 from perturbprobe.decoding import collect
@@ -74,13 +74,6 @@ def llm():
 
 
 @pytest.fixture(scope="module")
-def saved_model(llm, workdir):
-    directory = workdir / "tiny-llama"
-    save_llm(llm, directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def records_file(workdir):
     """Gold and wrong answers of 5 questions (one response long, to unbalance the batches)
     plus an empty response that --skip-invalid skips: 21 records."""
@@ -116,7 +109,7 @@ def assert_same_featureset(sharded: Path, single: Path) -> None:
     ("limit", "batch_size"), [(None, 3), (2, 4)], ids=["uneven-batches", "one-rank-idle"]
 )
 def test_extract_under_torchrun_writes_what_one_process_writes(
-    workdir, saved_model, records_file, limit, batch_size
+    workdir, tiny_llama_dir, records_file, limit, batch_size
 ):
     """21 records in batches of 3 (7 batches over 2 ranks, one invalid skipped), and 2
     records in one batch of 4 (rank 1 gets nothing): same FeatureSet, bitwise."""
@@ -128,7 +121,7 @@ def test_extract_under_torchrun_writes_what_one_process_writes(
     args = [
         "extract",
         "--model",
-        saved_model,
+        tiny_llama_dir,
         "--records",
         records,
         "--families",
@@ -143,10 +136,10 @@ def test_extract_under_torchrun_writes_what_one_process_writes(
     assert_same_featureset(workdir / f"sharded-{name}", workdir / f"single-{name}")
 
 
-def test_collect_under_torchrun_writes_what_one_process_writes(workdir, saved_model):
+def test_collect_under_torchrun_writes_what_one_process_writes(workdir, tiny_llama_dir):
     """Generated answers (5 questions, batches of 2) and gold records: same files."""
     for source, extra in (
-        ("generate", ["--model", saved_model, "--max-new-tokens", 6]),
+        ("generate", ["--model", tiny_llama_dir, "--max-new-tokens", 6]),
         ("gold", []),
     ):
         args = [
@@ -168,7 +161,7 @@ def test_collect_under_torchrun_writes_what_one_process_writes(workdir, saved_mo
         assert len(single.splitlines()) == (5 if source == "generate" else 20)
 
 
-def test_guarded_generate_under_torchrun_writes_what_one_process_writes(workdir, saved_model):
+def test_guarded_generate_under_torchrun_writes_what_one_process_writes(workdir, tiny_llama_dir):
     """7 prompts in batches of 2 (4 batches over 2 ranks), forks on the way: same file."""
     prompts = workdir / "prompts.jsonl"
     questions = [e.messages[-1]["content"] for e in load_dataset("builtin:easy-qa", limit=7)]
@@ -178,7 +171,7 @@ def test_guarded_generate_under_torchrun_writes_what_one_process_writes(workdir,
     args = [
         "generate",
         "--model",
-        saved_model,
+        tiny_llama_dir,
         "--input",
         prompts,
         "--batch-size",
@@ -200,7 +193,7 @@ def test_guarded_generate_under_torchrun_writes_what_one_process_writes(workdir,
 
 
 def test_score_under_torchrun_writes_what_one_process_writes(
-    workdir, saved_model, records_file, llm
+    workdir, tiny_llama_dir, records_file, llm
 ):
     records = [json.loads(line) for line in records_file.read_text().splitlines()]
     featureset = extract(
@@ -222,7 +215,7 @@ def test_score_under_torchrun_writes_what_one_process_writes(
     args = [
         "score",
         "--model",
-        saved_model,
+        tiny_llama_dir,
         "--bundle",
         bundle,
         "--input",
@@ -241,7 +234,7 @@ def test_score_under_torchrun_writes_what_one_process_writes(
 
 @pytest.mark.parametrize("failing_rank", [0, 1])
 def test_a_failing_rank_fails_the_run_and_writes_nothing(
-    workdir, saved_model, records_file, failing_rank
+    workdir, tiny_llama_dir, records_file, failing_rank
 ):
     """Rank k raises in its first pass: the run exits non-zero with that error, and the
     output directory is the previous complete one (or absent)."""
@@ -249,7 +242,7 @@ def test_a_failing_rank_fails_the_run_and_writes_nothing(
     args = [
         "extract",
         "--model",
-        saved_model,
+        tiny_llama_dir,
         "--records",
         records_file,
         "--families",
@@ -293,7 +286,7 @@ def test_shard_deals_whole_batches_by_work_deterministically():
     assert idle == [[[0]], [], []]
 
 
-def test_device_map_on_a_cpu_only_machine_gives_the_plain_features(saved_model, records_file):
+def test_device_map_on_a_cpu_only_machine_gives_the_plain_features(tiny_llama_dir, records_file):
     """--device-map auto without GPUs: accelerate keeps every layer on the CPU and the
     gradient families (ccps, semantic_gradient through the embedding pass) give the same
     features as the plain load."""
@@ -303,12 +296,14 @@ def test_device_map_on_a_cpu_only_machine_gives_the_plain_features(saved_model, 
 
     records = read_records(records_file)[:6]
     families = "baseline,ccps,semantic_gradient"
-    plain = extract(load_llm(saved_model, device="cpu"), records, families=families, progress=False)
-    mapped_llm = load_llm(saved_model, device_map="auto")
+    plain = extract(
+        load_llm(tiny_llama_dir, device="cpu"), records, families=families, progress=False
+    )
+    mapped_llm = load_llm(tiny_llama_dir, device_map="auto")
     assert {p.device.type for p in mapped_llm.model.parameters()} == {"cpu"}
     mapped = extract(mapped_llm, records, families=families, progress=False)
     pd.testing.assert_frame_equal(mapped.features, plain.features, check_exact=True)
     with pytest.raises(ModelLoadError, match="either a device or a device_map"):
-        load_llm(saved_model, device="cpu", device_map="auto")
+        load_llm(tiny_llama_dir, device="cpu", device_map="auto")
     with pytest.raises(ModelLoadError, match="unknown device_map 'sequential'"):
-        load_llm(saved_model, device_map="sequential")
+        load_llm(tiny_llama_dir, device_map="sequential")

@@ -13,39 +13,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from feature_helpers import ED_NAMES
+from qa_records import length_records
 from tiny_models import make_tiny_llm
 
-from perturbprobe.data import Record
 from perturbprobe.features import EntropyDynamics, EntropyDynamicsConfig, extract
 
-PAIRS = [
-    ("b-short", "Add two and two.", "Four"),
-    ("b-mid", "What is the capital of France?", "Paris is the capital."),
-    ("b-long", "Name a color.", "Blue is a color, and red is a color too."),
-]
-RECORDS = [
-    Record(
-        id=rid,
-        question_id=rid,
-        messages=({"role": "user", "content": question},),
-        response=response,
-        label=1,
-        source="generated",
-    )
-    for rid, question, response in PAIRS
-]
+RECORDS = length_records("b")
 AGGS = ("mean", "std", "min", "max", "first", "last")
-ED_NAMES = [
-    "max_entropy",
-    "argmax_rel_pos",
-    "n_spikes",
-    "first_spike_pos",
-    "first_spike_rel_pos",
-    "early_max_entropy",
-    "pre_spike_mean_entropy",
-    "post_spike_mean_entropy",
-    "entropy_slope",
-]
 
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")

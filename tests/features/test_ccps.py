@@ -18,6 +18,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from feature_helpers import ccps_on_tensors
+from qa_records import length_records
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 from scipy.stats import entropy as scipy_entropy
@@ -25,21 +27,13 @@ from tiny_models import make_tiny_llm
 
 from perturbprobe._numerics import FLOAT32_NOISE
 from perturbprobe.data import Record
-from perturbprobe.features import CCPS, CCPSConfig, PassBatch, extract
+from perturbprobe.features import CCPS, CCPSConfig, extract
 from perturbprobe.features.distributions import (
     entropy_from_log_probs,
     js_divergence,
     kl_divergence,
 )
 from perturbprobe.llm import Head
-
-# Three short records of different lengths (T = 3/4, 8/9 and 17/18 tokens with the template's
-# end-of-turn suffix, depending on the tokenizer).
-PAIRS = [
-    ("r-short", "Add two and two.", "Four"),
-    ("r-mid", "What is the capital of France?", "Paris is the capital."),
-    ("r-long", "Name a color.", "Blue is a color, and red is a color too."),
-]
 
 # (arch, radius R, steps S).  The default R = 20 is sized for real LLMs whose final hidden
 # states have norms in the hundreds; the tiny models' hidden states have norm √32 ≈ 5.7 and
@@ -63,23 +57,11 @@ ORIGINAL = [
     "orig_norm_hidden_l2",
     "is_actual_token_orig_argmax",
 ]
-METRICS = [
-    "log_prob_actual",
-    "prob_actual",
-    "logit_actual",
-    "delta_log_prob_actual",
-    "prob_argmax",
-    "logit_argmax",
-    "argmax_changed",
-    "entropy",
-    "margin_logit_top1_top2",
-    "norm_logits_l2",
-    "kl_div",
-    "js_div",
-    "cos_sim_logits",
-    "cos_sim_hidden",
-    "l2_dist_hidden",
-]
+METRICS = (  # noqa: SIM905
+    "log_prob_actual prob_actual logit_actual delta_log_prob_actual prob_argmax logit_argmax "
+    "argmax_changed entropy margin_logit_top1_top2 norm_logits_l2 kl_div js_div cos_sim_logits "
+    "cos_sim_hidden l2_dist_hidden"
+).split()
 EXPECTED_COLUMNS = (
     ORIGINAL
     + ["jacobian_norm", "epsilon_to_flip", "flipped", "pei"]
@@ -102,18 +84,8 @@ RTOL = 1e-4
 ATOL = 2e-5
 
 
-def _record(record_id, question, response):
-    return Record(
-        id=record_id,
-        question_id=record_id,
-        messages=({"role": "user", "content": question},),
-        response=response,
-        label=1,
-        source="generated",
-    )
-
-
-RECORDS = [_record(*pair) for pair in PAIRS]
+# Three short records of different lengths (qa_records.LENGTH_QA).
+RECORDS = length_records("r")
 
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -515,16 +487,8 @@ def test_trajectory_config_is_validated():
 # ---- a handcrafted extreme head -----------------------------------------------------------------
 def _ccps_family(head, hidden, token_ids, radius, steps):
     """The family on handcrafted tensors, through the family protocol: {name: (n,)}."""
-    n = hidden.shape[0]
-    batch = PassBatch(
-        head=head,
-        final_hidden=hidden,
-        token_ids=token_ids,
-        lengths=torch.tensor([n]),
-        chunk_tokens=n,
-    )
-    out = CCPS(CCPSConfig(radius=radius, steps=steps)).compute(batch)
-    return {name: out.token_values[:, i].numpy() for i, name in enumerate(out.token_names)}
+    features = ccps_on_tensors(head, hidden, token_ids, radius, steps)
+    return {name: values.numpy() for name, values in features.items()}
 
 
 def test_extreme_logits_match_reference_and_js_stays_bounded():

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from feature_helpers import ED_NAMES, FAMILY_NAMES, ccps_on_tensors
 from tiny_models import build_model, build_tokenizer, make_tiny_llm, save_llm
 
 from perturbprobe.cli import cli
@@ -208,17 +209,9 @@ def test_no_flip_within_radius_gives_finite_documented_value(llama):
 
 def _ccps_on(head, hidden, token_ids):
     """Run the ccps family (R = 2, S = 5) on handcrafted tensors through the family protocol."""
-    n = hidden.shape[0]
-    batch = PassBatch(
-        head=head,
-        final_hidden=hidden,
-        token_ids=token_ids,
-        lengths=torch.tensor([n]),
-        chunk_tokens=n,
-    )
-    out = CCPS(CCPSConfig(radius=2.0, steps=5)).compute(batch)
-    assert out.token_names == CCPS().token_features()
-    return {name: out.token_values[:, i] for i, name in enumerate(out.token_names)}
+    features = ccps_on_tensors(head, hidden, token_ids, radius=2.0, steps=5)
+    assert list(features) == CCPS().token_features()
+    return features
 
 
 def assert_degenerate(f, rows, radius=2.0, steps=5):
@@ -442,16 +435,7 @@ def test_extractor_config_round_trip():
     }
     again = ExtractorConfig.from_dict(json.loads(json.dumps(data)))
     assert again == config and again.families == config.families
-    defaults = [
-        "baseline",
-        "ccps",
-        "entropy_dynamics",
-        "embedding_perturbation",
-        "semantic_gradient",
-        "sua",
-        "hidden_states",
-    ]
-    assert ExtractorConfig.create("all").families == list(FAMILIES) == defaults
+    assert ExtractorConfig.create("all").families == list(FAMILIES) == FAMILY_NAMES
     cheap = ExtractorConfig.create()  # the default: the families of one forward pass
     assert cheap.families == ["baseline", "ccps", "entropy_dynamics", "sua", "hidden_states"]
     assert cheap.family_configs["sua"].sources == "hidden"
@@ -495,20 +479,7 @@ def test_schema_names(reference_fs):
                 "baseline/n_tokens",
             ],
             "ccps": [],
-            "entropy_dynamics": [
-                f"entropy_dynamics/{n}"
-                for n in (
-                    "max_entropy",
-                    "argmax_rel_pos",
-                    "n_spikes",
-                    "first_spike_pos",
-                    "first_spike_rel_pos",
-                    "early_max_entropy",
-                    "pre_spike_mean_entropy",
-                    "post_spike_mean_entropy",
-                    "entropy_slope",
-                )
-            ],
+            "entropy_dynamics": [f"entropy_dynamics/{n}" for n in ED_NAMES],
         }[family]
     assert fs.schema == expected
     assert AGGREGATES == ("mean", "std", "min", "max", "first", "last")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from feature_helpers import assert_bad_option_fails
 from qa_records import qa_records
 from tiny_models import ARCHS, build_model, build_tokenizer, make_tiny_llm
 
-from perturbprobe.errors import ExtractionError
 from perturbprobe.features import ExtractorConfig, default_semantic_offset, extract
 from perturbprobe.features.embedding_pass import EmbeddingPass, GradientRequest
 from perturbprobe.llm import LLM
@@ -213,6 +213,4 @@ def test_options_set_t_star_and_the_band_and_are_recorded():
     ],
 )
 def test_bad_options_raise_clear_errors(option, message):
-    with pytest.raises(ExtractionError, match=message):
-        extract(make_tiny_llm("llama"), _records(), families=FAMILY,
-                overrides=[f"{FAMILY}.{option}"], progress=False)  # fmt: skip
+    assert_bad_option_fails(FAMILY, option, message, _records())

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from feature_helpers import assert_bad_option_fails
 from qa_records import qa_records
 from scipy.spatial.distance import jensenshannon
 from tiny_models import ARCHS, build_model, build_tokenizer, make_tiny_llm
 
-from perturbprobe.errors import ExtractionError
 from perturbprobe.features import CCPS, extract
 from perturbprobe.features.distributions import kl_and_js
 from perturbprobe.features.embedding_pass import EmbeddingPass, GradientRequest
@@ -200,6 +200,4 @@ def test_every_family_is_finite_on_every_architecture(arch):
     ],
 )
 def test_bad_options_raise_clear_errors(option, message):
-    with pytest.raises(ExtractionError, match=message):
-        extract(make_tiny_llm("llama"), _records(), families="sua", overrides=[f"sua.{option}"],
-                progress=False)  # fmt: skip
+    assert_bad_option_fails("sua", option, message, _records())

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from tiny_models import make_tiny_llm, save_llm
+from tiny_models import make_tiny_llm
 
 import perturbprobe.calibration.report as report_module
 from perturbprobe._io import atomic_directory
@@ -166,14 +166,6 @@ def module_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def saved_model(llm, module_dir):
-    """The tiny Llama as a model directory, for the CLI's ``--model``."""
-    directory = module_dir / "tiny-llama"
-    save_llm(llm, directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def gold_records(module_dir):
     """Gold and wrong answers of 40 easy-qa questions (160 records)."""
     records = collect(None, load_dataset("builtin:easy-qa", limit=40), source="gold")
@@ -289,14 +281,14 @@ def interrupt_when(markers: dict[Process, str]) -> None:
     ],
     ids=["malformed-json", "not-utf8", "duplicate-id"],
 )
-def test_extract_refuses_a_bad_records_file(tmp_path, saved_model, lines, message):
+def test_extract_refuses_a_bad_records_file(tmp_path, tiny_llama_dir, lines, message):
     """A malformed line, a non-UTF-8 line or a duplicate id: DatasetError / one-line error
     naming the file and line (and the id), before the model is loaded; nothing written."""
     records = write_lines(tmp_path / "records.jsonl", lines)
     with pytest.raises(DatasetError, match=re.escape(f"{records} {message}")):
         read_records(records)
     out = tmp_path / "features"
-    result = run_cli("extract", "--model", saved_model, "-r", records, "-o", out)
+    result = run_cli("extract", "--model", tiny_llama_dir, "-r", records, "-o", out)
     assert_one_line_error(result, f"{records} {message}")
     assert entries(tmp_path) == ["records.jsonl"]
 
@@ -313,7 +305,7 @@ LONG_RESPONSE = "blue " * 300  # > 256 tokens: the tiny model's context
     ids=["empty", "over-long"],
 )
 def test_extract_unscorable_response_is_an_error_naming_the_record(
-    tmp_path, saved_model, llm, response, reason
+    tmp_path, tiny_llama_dir, llm, response, reason
 ):
     """An empty or over-long response: PairEncodingError naming the record and pointing at
     --skip-invalid; nothing written."""
@@ -322,20 +314,20 @@ def test_extract_unscorable_response_is_an_error_naming_the_record(
     with pytest.raises(PerturbprobeError, match=f"record 'bad': .*{re.escape(reason)}"):
         extract(llm, read_records(records), families="baseline", progress=False)
     out = tmp_path / "features"
-    result = run_cli("extract", "--model", saved_model, "-r", records, "-o", out)
+    result = run_cli("extract", "--model", tiny_llama_dir, "-r", records, "-o", out)
     assert_one_line_error(result, "record 'bad'", reason, "use --skip-invalid to skip such records")
     assert entries(tmp_path) == ["records.jsonl"]
 
 
 @pytest.mark.parametrize("response", ["", LONG_RESPONSE], ids=["empty", "over-long"])
-def test_extract_skip_invalid_skips_warns_and_counts(tmp_path, saved_model, caplog, response):
+def test_extract_skip_invalid_skips_warns_and_counts(tmp_path, tiny_llama_dir, caplog, response):
     """With --skip-invalid such a record is skipped with a logged WARNING (on stderr from the
     command line), counted in the summary line and listed in the manifest with its reason; the
     others are extracted."""
     rows = [record_row("a"), record_row("bad", response), record_row("c")]
     records = write_lines(tmp_path / "records.jsonl", [json.dumps(r) for r in rows])
     out = tmp_path / "features"
-    args = ["extract", "--model", saved_model, "--device", "cpu", "-r", records, "-o", out]
+    args = ["extract", "--model", tiny_llama_dir, "--device", "cpu", "-r", records, "-o", out]
     result = run_cli(*args, "--families", "baseline", "--skip-invalid")
     assert result.exit_code == 0, result.output
     assert "2 records scored (1 skipped)" in result.stdout
@@ -379,7 +371,7 @@ def test_collect_refuses_a_bad_questions_file(tmp_path, lines, message):
     assert entries(tmp_path) == ["questions.jsonl"]
 
 
-def test_collect_over_long_question_is_an_error_naming_it(tmp_path, saved_model):
+def test_collect_over_long_question_is_an_error_naming_it(tmp_path, tiny_llama_dir):
     """collect (generate) with a question longer than the model's context: one-line error
     naming the question, before generating anything. (Gold collection needs no model: an
     over-long gold answer is caught by extract, as above.)"""
@@ -389,7 +381,7 @@ def test_collect_over_long_question_is_an_error_naming_it(tmp_path, saved_model)
     )
     out = tmp_path / "records.jsonl"
     result = run_cli(
-        "collect", "--model", saved_model, "--device", "cpu", "-d", questions, "-o", out
+        "collect", "--model", tiny_llama_dir, "--device", "cpu", "-d", questions, "-o", out
     )
     assert_one_line_error(result, "question 'long'", "exceed the model's context of 256")
     assert entries(tmp_path) == ["questions.jsonl"]
@@ -518,7 +510,7 @@ COLLECT_LIMIT = 600
 
 
 @pytest.fixture(scope="module")
-def interrupted(module_dir, saved_model, gold_records, featureset_dir, bundle_dir):
+def interrupted(module_dir, tiny_llama_dir, gold_records, featureset_dir, bundle_dir):
     """collect, extract and fit, each started over an existing complete output (collect
     always replaces its file; extract and fit with --overwrite) and sent SIGINT once its
     progress line shows it is mid-work. The three run at once: importing torch and
@@ -531,7 +523,7 @@ def interrupted(module_dir, saved_model, gold_records, featureset_dir, bundle_di
     shutil.copytree(featureset_dir, features)
     bundle = root / "fit" / "bundle"
     shutil.copytree(bundle_dir, bundle)
-    model = ["--model", saved_model, "--device", "cpu"]
+    model = ["--model", tiny_llama_dir, "--device", "cpu"]
     collect_args = [
         "collect",
         *model,
@@ -615,7 +607,7 @@ def test_sigint_during_fit(interrupted):
 
 
 def test_interrupt_while_writing_a_featureset_keeps_the_old_one(
-    tmp_path, monkeypatch, saved_model, featureset_dir
+    tmp_path, monkeypatch, tiny_llama_dir, featureset_dir
 ):
     """Ctrl-C inside the staging directory (while features are written, --overwrite): exit
     130, the staging directory is removed and the existing FeatureSet is intact."""
@@ -629,7 +621,7 @@ def test_interrupt_while_writing_a_featureset_keeps_the_old_one(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", interrupt)
-    args = ["extract", "--model", saved_model, "--device", "cpu", "-r", records, "-o", existing]
+    args = ["extract", "--model", tiny_llama_dir, "--device", "cpu", "-r", records, "-o", existing]
     result = run_cli("-q", *args, "--families", "baseline", "--overwrite")
     assert result.exit_code == 130 and result.stderr.strip() == INTERRUPTED
     assert entries(tmp_path) == ["features", "records.jsonl"] and snapshot(existing) == before
@@ -660,12 +652,12 @@ def test_interrupt_between_the_two_renames_restores_the_old_directory(tmp_path, 
 # =========================================================================== 5. concurrent writers
 
 
-def test_two_extract_processes_to_one_directory(tmp_path, saved_model, gold_records):
+def test_two_extract_processes_to_one_directory(tmp_path, tiny_llama_dir, gold_records):
     """Two `extract --out D` at once (no --overwrite): one wins, the other fails with one line
     ("already exists" / "written by another run meanwhile"); D is a complete FeatureSet."""
     out = tmp_path / "shared" / "features"
     out.parent.mkdir()
-    args = ["-q", "extract", "--model", saved_model, "--device", "cpu", "-r", gold_records]
+    args = ["-q", "extract", "--model", tiny_llama_dir, "--device", "cpu", "-r", gold_records]
     args += ["--families", "baseline", "-o", out]
     with cli_processes(tmp_path, {"first": args, "second": args}) as processes:
         codes = {name: p.popen.wait(timeout=STARTUP_TIMEOUT) for name, p in processes.items()}
@@ -732,14 +724,14 @@ def read_only_dir(tmp_path):
 
 @pytest.mark.parametrize("command", ["collect", "extract", "fit"])
 def test_read_only_output_directory(
-    read_only_dir, saved_model, gold_records, featureset_dir, command
+    read_only_dir, tiny_llama_dir, gold_records, featureset_dir, command
 ):
     """--out in a read-only directory: one-line error naming the output and the directory,
     before any work; nothing changes there."""
     out = read_only_dir / "out"
     args = {
         "collect": ["collect", "-d", "builtin:easy-qa", "--limit", "3", "--source", "gold"],
-        "extract": ["extract", "--model", saved_model, "-r", gold_records],
+        "extract": ["extract", "--model", tiny_llama_dir, "-r", gold_records],
         "fit": ["fit", "-f", featureset_dir, "-p", "logistic"],
     }[command]
     result = run_cli(*args, "-o", out)

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from feature_helpers import FAMILY_NAMES
 
 import perturbprobe
 from perturbprobe.data import load_dataset
@@ -190,15 +191,7 @@ def test_extract_all_families_on_the_default_llm(llm, tmp_path):
     )
     tokens_per_record = featureset.tokens.groupby("record_id").size()
     assert len(featureset) == len(records) and (tokens_per_record >= 3).all()
-    assert featureset.manifest["config"]["families"].keys() == {
-        "baseline",
-        "ccps",
-        "entropy_dynamics",
-        "embedding_perturbation",
-        "semantic_gradient",
-        "sua",
-        "hidden_states",
-    }
+    assert featureset.manifest["config"]["families"].keys() == set(FAMILY_NAMES)
     assert featureset.blocks["hidden_states"].shape == (len(records), 5 * 576)
     assert featureset.block_layouts["hidden_states"]["layers"] == [15, 16, 18, 20, 21]
     assert len([c for c in featureset.token_schema if c.startswith("ccps/")]) == 76

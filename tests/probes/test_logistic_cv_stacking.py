@@ -86,6 +86,25 @@ def straddling_groups(folds, groups):
 # -- cv_folds -------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def spy_cv_folds(monkeypatch):
+    """``spy_cv_folds(*modules)`` replaces ``cv_folds`` in those modules by a spy that calls
+    the real one; it returns the list the spy appends each call's ``(groups, folds)`` to."""
+    calls = []
+
+    def spy(y, groups, n_folds, random_state):
+        folds = cv_folds(y, groups, n_folds, random_state)
+        calls.append((groups, folds))
+        return folds
+
+    def install(*modules):
+        for module in modules:
+            monkeypatch.setattr(module, "cv_folds", spy)
+        return calls
+
+    return install
+
+
 def test_cv_folds_keep_questions_together_and_partition_the_rows():
     rng = np.random.default_rng(1)
     groups = rng.integers(0, 60, size=300)
@@ -144,17 +163,10 @@ def test_c_selection_equals_a_hand_run_grouped_loop(weighted):
     assert probe.cv_n_iter_.shape == (5, len(CS)) and probe.n_iter_ > 0
 
 
-def test_the_probe_selects_on_grouped_folds(monkeypatch):
+def test_the_probe_selects_on_grouped_folds(spy_cv_folds):
     """The folds the probe cross-validates on are cv_folds' of its groups: no question
     straddles two folds (spied), and without groups the folds are stratified ones."""
-    calls = []
-
-    def spy(y, groups, n_folds, random_state):
-        folds = cv_folds(y, groups, n_folds, random_state)
-        calls.append((groups, folds))
-        return folds
-
-    monkeypatch.setattr(logistic_cv_module, "cv_folds", spy)
+    calls = spy_cv_folds(logistic_cv_module)
     LogisticCVProbe(Cs=CS, n_folds=4).fit(np.nan_to_num(X_SMALL), Y_SMALL, groups=G_SMALL)
     ((groups, folds),) = calls
     np.testing.assert_array_equal(groups, G_SMALL)
@@ -398,17 +410,9 @@ def test_stacking_equals_a_hand_run_out_of_fold_loop():
     np.testing.assert_allclose(probe.predict_proba(X_test)[:, 1], expected, rtol=1e-9)
 
 
-def test_stacking_keeps_questions_together_in_every_fit(monkeypatch):
+def test_stacking_keeps_questions_together_in_every_fit(spy_cv_folds):
     """The stacking folds and the inner folds of every logistic-cv base fit are grouped."""
-    calls = []
-
-    def spy(y, groups, n_folds, random_state):
-        folds = cv_folds(y, groups, n_folds, random_state)
-        calls.append((groups, folds))
-        return folds
-
-    monkeypatch.setattr(stacking_module, "cv_folds", spy)
-    monkeypatch.setattr(logistic_cv_module, "cv_folds", spy)
+    calls = spy_cv_folds(stacking_module, logistic_cv_module)
     X, y, groups = family_problem(240, 3)
     stacking(n_folds=3).fit(X, y, groups=groups)
     # the stacking folds, then the logistic-cv base's inner folds of its all-rows fit (its 3
