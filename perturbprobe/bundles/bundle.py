@@ -36,9 +36,10 @@ import datetime as _dt
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,10 +51,14 @@ from ..calibration.report import Report
 from ..calibration.risk_control import RiskControlledThreshold
 from ..calibration.shift import ShiftCheck, ShiftReference
 from ..errors import BundleError, PerturbprobeError
-from ..features import ExtractorConfig, FeatureSet
+from ..features import ExtractorConfig, FeatureSet, extract
 from ..features.featureset import ManifestSchema
 from ..probes.base import Probe, probe_class
 from .verification import BUNDLE_FORMAT_VERSION, seal_manifest, verified_manifest
+
+if TYPE_CHECKING:
+    from ..data.records import Record
+    from ..llm import LLM
 
 __all__ = ["BUNDLE_FORMAT_VERSION", "SHIFT_ALPHA", "SHIFT_FEATURES", "ProbeBundle", "llm_slug"]
 
@@ -118,6 +123,22 @@ class ProbeBundle(ManifestSchema):
         needed |= set(self.blocks)
         families = {k: v for k, v in config["families"].items() if k in needed}
         return ExtractorConfig.from_dict({**config, "families": families})
+
+    def extract(
+        self,
+        llm: LLM,
+        records: Sequence[Record],
+        *,
+        allow_llm_mismatch: bool = False,
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> FeatureSet:
+        """The features this bundle's probe reads, for ``records``, extracted with its options
+        by ``llm`` (refused unless it is the LLM the probe was fitted on)."""
+        self.check_llm(llm.identity(), allow_mismatch=allow_llm_mismatch)
+        return extract(
+            llm, records, config=self.extractor_config, batch_size=batch_size, progress=progress
+        )
 
     def probe_inputs(self, featureset: FeatureSet, *, allow_llm_mismatch: bool = False):
         """The probe's input for every record of ``featureset``: a DataFrame (n, F) in schema

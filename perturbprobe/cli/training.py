@@ -235,7 +235,6 @@ def recalibrate(
     from ..bundles import ProbeBundle
     from ..data import read_records
     from ..features import FeatureSet
-    from ..features import extract as run_extract
 
     if (records is None) == (features is None):
         raise ProbeError("give exactly one of --records and --features")
@@ -245,12 +244,10 @@ def recalibrate(
         featureset = FeatureSet.load(features)
     else:
         items = read_records(records)
-        llm = runtime.load_model(model, dtype, device)
-        parent.check_llm(llm.identity(), allow_mismatch=allow_llm_mismatch)
-        featureset = run_extract(
-            llm,
+        featureset = parent.extract(
+            runtime.load_model(model, dtype, device),
             items,
-            config=parent.extractor_config,
+            allow_llm_mismatch=allow_llm_mismatch,
             batch_size=batch_size,
             progress=obj["progress"],
         )

@@ -264,3 +264,15 @@ def test_gradient_family_bundles_score_in_production(llm, tmp_path):
     scores = scorer.score([{"messages": list(r.messages), "response": r.response} for r in heldout])
     expected = ProbeBundle.load(path).predict_confidence(fs.subset(np.arange(10)))
     np.testing.assert_allclose(scores.confidence, expected, rtol=0, atol=1e-6)
+
+
+def test_a_bundle_extracts_what_its_probe_reads_with_its_llm_only(llm, bundle_dir):
+    bundle = ProbeBundle.load(bundle_dir)
+    records = [r for r in _records() if r.question_id in ("q5", "q6")]
+    features = bundle.extract(llm, records, progress=False)
+    assert features.families == ["baseline", "ccps"]  # not entropy_dynamics, which it never reads
+    expected = extract(llm, records, families="baseline,ccps", progress=False)
+    np.testing.assert_array_equal(features.X.to_numpy(), expected.X[features.schema].to_numpy())
+    assert bundle.predict_confidence(features).shape == (len(records),)
+    with pytest.raises(BundleError, match="fitted on LLM 'tiny-llama-seed0'"):
+        bundle.extract(make_tiny_llm("llama", seed=1), records, progress=False)
