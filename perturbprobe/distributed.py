@@ -18,8 +18,10 @@ the processes of one job; nothing a user hands us is unpickled).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +31,7 @@ import torch.distributed as dist
 
 from .errors import PerturbprobeError
 
-__all__ = ["ProcessGroup", "RankFailed", "process_group"]
+__all__ = ["ProcessGroup", "RankFailed", "exit_rank", "process_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +138,34 @@ def process_group() -> ProcessGroup | None:
         if backend == "nccl":
             torch.cuda.set_device(group.local_rank)
         dist.init_process_group(backend=backend)
-        # Left to the interpreter's teardown, the group's communication threads are destroyed
-        # while still joinable and the rank aborts ("terminate called without an active
-        # exception", SIGABRT) after its work is done; leave the group cleanly instead.
-        atexit.register(_leave_process_group)
+        atexit.register(_leave_process_group)  # for library use; the CLI ends with exit_rank
         logger.debug("rank %d of %d joined (%s)", group.rank, world_size, backend)
     return group
 
 
+def exit_rank(code: int) -> None:
+    """End a rank that joined a process group: leave the group, flush, and exit with ``code``
+    at once, without the interpreter's teardown.
+
+    Left to that teardown, the group's communication threads are destroyed while still
+    joinable and the rank aborts after its work ("terminate called without an active
+    exception", SIGABRT): 10 of 40 bare two-rank gloo runs on a loaded 2-core machine
+    (``benchmarks/gloo_teardown.py``). Destroying the group in an ``atexit`` hook made that
+    rare but not impossible (a rank with no batches still aborted once in a fresh-clone
+    ``make test``), so a rank's process ends with ``os._exit`` after everything is written.
+    Does nothing (returns) when this process never joined a group.
+    """
+    if not dist.is_initialized():
+        return
+    _leave_process_group()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def _leave_process_group() -> None:
-    """Destroy the default process group at exit, if it is still there."""
+    """Destroy the default process group, if it is still there."""
     if dist.is_initialized():
         dist.destroy_process_group()

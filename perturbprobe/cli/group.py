@@ -60,5 +60,14 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    cli.main(args=argv, prog_name="perturbprobe")
+    """Console-script entry point. Under torchrun, a rank ends through
+    :func:`perturbprobe.distributed.exit_rank`, so it never aborts in teardown."""
+    try:
+        cli.main(args=argv, prog_name="perturbprobe")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if "torch.distributed" in sys.modules:  # only a torchrun job can have joined a group
+            from ..distributed import exit_rank
+
+            exit_rank(code)
+        raise
